@@ -1,0 +1,74 @@
+import type { Argv } from "yargs";
+import { parseInstancePath, parsePoolPath } from "../../core/ids.js";
+import type { Instance, InstanceStatus } from "../../core/model.js";
+import {
+  createInstance,
+  destroyInstanceRecord,
+  getInstance,
+  listInstances,
+} from "../../core/use-cases/instances.js";
+import type { CliContext, GlobalOptions } from "../context.js";
+import { renderList, renderRecord, type Column } from "../output.js";
+import { requiredPositional } from "./flags.js";
+
+const INSTANCE_COLUMNS: Column<Instance>[] = [
+  { header: "INSTANCE", cell: (i) => `${i.tenantId}/${i.poolId}/${i.instanceId}` },
+  { header: "STATUS", cell: (i) => i.status },
+  { header: "IP", cell: (i) => `${i.net.guestIp}/${i.net.prefixLen}` },
+  { header: "TAP", cell: (i) => i.net.tapName },
+  { header: "MAC", cell: (i) => i.net.mac },
+  { header: "REVISION", cell: (i) => i.revision },
+  { header: "CREATED", cell: (i) => i.createdAt },
+];
+
+export function registerInstanceCommands(yargs: Argv<GlobalOptions>, ctx: CliContext): Argv<GlobalOptions> {
+  return yargs.command("instance", "manage instances: one microVM each", (y) =>
+    y
+      .command(
+        "create [path]",
+        "create an instance record in a pool (allocates IP, TAP and MAC; max_instances_per_pool is enforced)",
+        (c) => requiredPositional(c, "path", "<tenant>/<pool>"),
+        async (args) => {
+          const instance = await createInstance(await ctx.deps(args), parsePoolPath(args.path));
+          ctx.write(renderRecord(instance, args.output));
+        },
+      )
+      .command(
+        "list",
+        "list instances",
+        (c) =>
+          c
+            .option("tenant", { type: "string", describe: "only this tenant" })
+            .option("pool", { type: "string", describe: "only this pool" })
+            .option("status", { type: "string", describe: "only this status" }),
+        async (args) => {
+          const instances = await listInstances(await ctx.deps(args), {
+            tenantId: args.tenant,
+            poolId: args.pool,
+            status: args.status as InstanceStatus | undefined,
+          });
+          ctx.write(renderList(instances, INSTANCE_COLUMNS, args.output));
+        },
+      )
+      .command(
+        "info [path]",
+        "show one instance",
+        (c) => requiredPositional(c, "path", "<tenant>/<pool>/<instance>"),
+        async (args) => {
+          const instance = await getInstance(await ctx.deps(args), parseInstancePath(args.path));
+          ctx.write(renderRecord(instance, args.output));
+        },
+      )
+      .command(
+        "destroy [path]",
+        "destroy an instance, releasing its IP, TAP and MAC",
+        (c) => requiredPositional(c, "path", "<tenant>/<pool>/<instance>"),
+        async (args) => {
+          const key = parseInstancePath(args.path);
+          await destroyInstanceRecord(await ctx.deps(args), key);
+          ctx.warn(`destroyed instance ${key.tenantId}/${key.poolId}/${key.instanceId}\n`);
+        },
+      )
+      .demandCommand(1, "instance: a subcommand is required (create, list, info, destroy)"),
+  );
+}

@@ -1,0 +1,127 @@
+import type { Argv } from "yargs";
+import type { Tenant, TenantQuota } from "../../core/model.js";
+import { createTenant, destroyTenant, getTenant, listTenants, updateTenant } from "../../core/use-cases/tenants.js";
+import type { CliContext, GlobalOptions } from "../context.js";
+import { renderList, renderRecord, type Column } from "../output.js";
+import { parseLabels, requiredPositional } from "./flags.js";
+
+const QUOTA_FLAGS: ReadonlyArray<[flag: string, key: keyof TenantQuota, what: string]> = [
+  ["max-vcpus", "maxVcpus", "vCPUs of running + warm instances (default 16)"],
+  ["max-mem-mib", "maxMemMib", "memory of running + warm instances, MiB (default 32768)"],
+  ["max-running", "maxRunning", "running instances (default 8)"],
+  ["max-warm", "maxWarm", "warm instances (default 4)"],
+  ["max-pools", "maxPools", "pools (default 4)"],
+  ["max-instances-per-pool", "maxInstancesPerPool", "instances per pool (default 16)"],
+  ["max-disk-gib", "maxDiskGib", "data disks + snapshots, GiB (default 100)"],
+];
+
+function withQuotaFlags<T>(y: Argv<T>): Argv<T> {
+  let out = y;
+  for (const [flag, , what] of QUOTA_FLAGS) out = out.option(flag, { type: "number", describe: `quota: ${what}` });
+  return out;
+}
+
+function quotaFromArgs(args: Record<string, unknown>): Partial<TenantQuota> {
+  const quotas: Partial<TenantQuota> = {};
+  for (const [flag, key] of QUOTA_FLAGS) {
+    if (args[flag] !== undefined) quotas[key] = args[flag] as number;
+  }
+  return quotas;
+}
+
+function networkFromArgs(args: Record<string, unknown>) {
+  const network: { netId?: number; ipv4Subnet?: string } = {};
+  if (args["net-id"] !== undefined) network.netId = args["net-id"] as number;
+  if (args.subnet !== undefined) network.ipv4Subnet = String(args.subnet);
+  return network;
+}
+
+const TENANT_COLUMNS: Column<Tenant>[] = [
+  { header: "TENANT", cell: (t) => t.tenantId },
+  { header: "NET ID", cell: (t) => t.network.netId },
+  { header: "SUBNET", cell: (t) => t.network.ipv4Subnet },
+  { header: "GATEWAY", cell: (t) => t.network.gatewayIp },
+  { header: "BRIDGE", cell: (t) => t.network.bridgeName },
+  { header: "LABELS", cell: (t) => Object.entries(t.labels).map(([k, v]) => `${k}=${v}`).join(",") },
+  { header: "CREATED", cell: (t) => t.createdAt },
+];
+
+export function registerTenantCommands(yargs: Argv<GlobalOptions>, ctx: CliContext): Argv<GlobalOptions> {
+  return yargs.command("tenant", "manage tenants: the security, quota and network boundary", (y) =>
+    y
+      .command(
+        "create [tenant]",
+        "create a tenant with its SSH key pair and network",
+        (c) =>
+          withQuotaFlags(
+            requiredPositional(c, "tenant", "tenant ID")
+              .option("net-id", { type: "number", describe: "network ID, 0-4095 (allocated when omitted)" })
+              .option("subnet", { type: "string", describe: "IPv4 subnet, /16 to /29 (allocated when omitted)" })
+              .option("label", { type: "string", array: true, describe: "label key=value (repeatable)" }),
+          ),
+        async (args) => {
+          const deps = await ctx.deps(args);
+          const tenant = await createTenant(deps, {
+            tenantId: args.tenant,
+            network: networkFromArgs(args),
+            quotas: quotaFromArgs(args),
+            labels: parseLabels(args.label, "--label"),
+          });
+          ctx.write(renderRecord(tenant, args.output));
+        },
+      )
+      .command(
+        "list",
+        "list tenants",
+        (c) => c,
+        async (args) => {
+          const tenants = await listTenants(await ctx.deps(args));
+          ctx.write(renderList(tenants, TENANT_COLUMNS, args.output));
+        },
+      )
+      .command(
+        "info [tenant]",
+        "show one tenant",
+        (c) => requiredPositional(c, "tenant", "tenant ID"),
+        async (args) => {
+          const tenant = await getTenant(await ctx.deps(args), args.tenant);
+          ctx.write(renderRecord(tenant, args.output));
+        },
+      )
+      .command(
+        "update [tenant]",
+        "change a tenant's quotas, labels or (while it has no pools) network",
+        (c) =>
+          withQuotaFlags(
+            requiredPositional(c, "tenant", "tenant ID")
+              .option("net-id", { type: "number", describe: "new network ID (only while the tenant has no pools)" })
+              .option("subnet", { type: "string", describe: "new subnet (only while the tenant has no pools)" })
+              .option("label", { type: "string", array: true, describe: "set label key=value (repeatable)" })
+              .option("remove-label", { type: "string", array: true, describe: "remove label key (repeatable)" }),
+          ),
+        async (args) => {
+          const labels: Record<string, string | null> = { ...parseLabels(args.label, "--label") };
+          for (const key of args["remove-label"] ?? []) labels[key] = null;
+          const tenant = await updateTenant(await ctx.deps(args), {
+            tenantId: args.tenant,
+            quotas: quotaFromArgs(args),
+            labels,
+            network: networkFromArgs(args),
+          });
+          ctx.write(renderRecord(tenant, args.output));
+        },
+      )
+      .command(
+        "destroy [tenant]",
+        "destroy a tenant and its key (refused while it has pools, unless --force)",
+        (c) =>
+          requiredPositional(c, "tenant", "tenant ID")
+            .option("force", { type: "boolean", default: false, describe: "also destroy its pools and instances" }),
+        async (args) => {
+          const tenant = await destroyTenant(await ctx.deps(args), { tenantId: args.tenant, force: args.force });
+          ctx.warn(`destroyed tenant ${tenant.tenantId}\n`);
+        },
+      )
+      .demandCommand(1, "tenant: a subcommand is required (create, list, info, update, destroy)"),
+  );
+}

@@ -1,0 +1,18 @@
+// What every command handler gets: the record use cases' dependencies (opened on first use, so `--help` touches
+// nothing on disk), the chosen output format, and a writer for results.
+
+import type { RecordDeps } from "../core/use-cases/deps.js";
+import type { OutputFormat } from "./output.js";
+
+export interface GlobalOptions {
+  dataDir?: string;
+  output: OutputFormat;
+  debug: boolean;
+}
+
+export interface CliContext {
+  deps(options: GlobalOptions): Promise<RecordDeps>;
+  /** Results go to stdout; diagnostics go to stderr. */
+  write(text: string): void;
+  warn(text: string): void;
+}

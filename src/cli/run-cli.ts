@@ -1,0 +1,109 @@
+// The `mvm` command: wires the CLI adapters to the core use cases (this folder is the CLI's composition root).
+
+import yargs, { type Argv } from "yargs";
+import { isMvmError } from "../core/errors.js";
+import { DEFAULT_NETWORK_POOL, DEFAULT_TENANT_PREFIX } from "../core/subnet.js";
+import type { RecordDeps } from "../core/use-cases/deps.js";
+import { createEd25519KeyGenerator } from "../runtime/ssh/ed25519-key-generator.js";
+import { resolveDataRoot } from "../runtime/store/data-root.js";
+import { FsStore } from "../runtime/store/fs-store.js";
+import { createRandomIds } from "../runtime/system/random-ids.js";
+import { createSystemClock } from "../runtime/system/system-clock.js";
+import { registerDesiredCommands } from "./commands/desired.js";
+import { registerInstanceCommands } from "./commands/instance.js";
+import { registerNodeCommands } from "./commands/node.js";
+import { registerPoolCommands } from "./commands/pool.js";
+import { registerTenantCommands } from "./commands/tenant.js";
+import type { CliContext, GlobalOptions } from "./context.js";
+import { EXIT_CODES } from "./exit-codes.js";
+import { parseOutputFormat } from "./output.js";
+
+/** A mistake in the command line itself (unknown command or flag, missing argument), reported like bad input. */
+class UsageError extends Error {}
+
+export interface CliIo {
+  stdout: (text: string) => void;
+  stderr: (text: string) => void;
+  env: NodeJS.ProcessEnv;
+}
+
+function createContext(io: CliIo): CliContext {
+  let opened: Promise<RecordDeps> | undefined;
+  return {
+    deps(options: GlobalOptions) {
+      opened ??= (async () => {
+        const dataRoot = resolveDataRoot({ dataDir: options.dataDir, env: io.env, uid: process.getuid?.() });
+        const store = await FsStore.open(dataRoot, {
+          onBroken: (b) => io.stderr(`mvm: warning: corrupt record moved aside to ${b.path}: ${b.reason}\n`),
+        });
+        return {
+          store,
+          clock: createSystemClock(),
+          ids: createRandomIds(),
+          keys: createEd25519KeyGenerator(),
+          networkPool: {
+            cidr: io.env.MVM_NETWORK_POOL ?? DEFAULT_NETWORK_POOL,
+            prefixLen: DEFAULT_TENANT_PREFIX,
+          },
+        };
+      })();
+      return opened;
+    },
+    write: io.stdout,
+    warn: io.stderr,
+  };
+}
+
+export function buildParser(argv: string[], ctx: CliContext): Argv<GlobalOptions> {
+  let parser = yargs(argv)
+    .scriptName("mvm")
+    .usage("mvm: multi-tenant microVM fleet manager\n\nUsage: $0 <command> [options]")
+    .option("data-dir", { type: "string", describe: "data root (default: $MVM_HOME, else /var/lib/mvm as root)" })
+    .option("output", {
+      alias: "o",
+      type: "string",
+      default: "table",
+      describe: "output format: table, json or yaml",
+    })
+    .option("debug", { type: "boolean", default: false, describe: "print stack traces on errors" })
+    .parserConfiguration({ "populate--": true })
+    // Checked before any handler runs, so a bad --output never follows a side effect.
+    .middleware((args) => {
+      args.output = parseOutputFormat(args.output);
+    }, true)
+    .strict()
+    .recommendCommands()
+    .help()
+    .version(false)
+    .wrap(Math.min(120, process.stdout.columns ?? 100))
+    .fail((message, error) => {
+      throw error ?? new UsageError(message);
+    }) as unknown as Argv<GlobalOptions>;
+  parser = registerTenantCommands(parser, ctx);
+  parser = registerPoolCommands(parser, ctx);
+  parser = registerInstanceCommands(parser, ctx);
+  parser = registerNodeCommands(parser, ctx);
+  parser = registerDesiredCommands(parser, ctx);
+  return parser.demandCommand(1, "a command is required; see mvm --help");
+}
+
+export function describeError(error: unknown): { line: string; exitCode: number } {
+  if (isMvmError(error)) return { line: `mvm: ${error.message}`, exitCode: EXIT_CODES[error.kind] };
+  if (error instanceof UsageError) return { line: `mvm: ${error.message}`, exitCode: EXIT_CODES.usage };
+  const message = error instanceof Error ? error.message : String(error);
+  return { line: `mvm: internal error: ${message}`, exitCode: EXIT_CODES.internal };
+}
+
+export async function runCli(argv: string[], io: CliIo): Promise<number> {
+  const ctx = createContext(io);
+  const debug = argv.includes("--debug");
+  try {
+    await buildParser(argv, ctx).parseAsync();
+    return 0;
+  } catch (error) {
+    const { line, exitCode } = describeError(error);
+    io.stderr(`${line}\n`);
+    if (debug && error instanceof Error && error.stack) io.stderr(`${error.stack}\n`);
+    return exitCode;
+  }
+}

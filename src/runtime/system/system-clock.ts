@@ -1,0 +1,5 @@
+import type { Clock } from "../../core/ports.js";
+
+export function createSystemClock(): Clock {
+  return { nowMs: () => Date.now() };
+}

@@ -1,0 +1,1 @@
+export function recordContent(id: string, version: number, payloadBytes: number): string;
