@@ -1,0 +1,215 @@
+// Ports of the host data plane (SPEC §6): the hypervisor, tenant networks, cgroups, disks, images and the channel
+// into a guest. Real adapters live in src/runtime/{qemu,firecracker,network,cgroups,volumes,images,ssh}; in-memory
+// fakes in src/runtime/fake are for unit tests only.
+
+import type { BuildArtifact, HypervisorKind, ImageSource } from "./model.js";
+
+// ── Hypervisor ────────────────────────────────────────────────────────────────────────────────────────────────────
+
+/**
+ * Disks in the fixed device order every guest relies on: root is always the first virtio-blk device (/dev/vda), the
+ * data disk the second (/dev/vdb), the secrets disk the third (/dev/vdc). When a pool has no data disk, the adapter
+ * still attaches a tiny empty placeholder in its slot, so the secrets disk never moves (the predecessor shifted it).
+ */
+export interface VmDisk {
+  role: "root" | "data" | "secrets";
+  path: string;
+  format: "qcow2" | "raw";
+  readOnly: boolean;
+}
+
+export interface VmLaunchSpec {
+  /** Used as the VMM's name and in its runtime paths; already validated (`i-` + 8 hex). */
+  instanceId: string;
+  vcpus: number;
+  memMib: number;
+  kernelPath: string;
+  initrdPath: string | null;
+  /** Guest kernel arguments chosen by core (network, identity); the adapter adds its own (console, timing). */
+  kernelArgs: string[];
+  disks: VmDisk[];
+  tap: { name: string; mac: string };
+  /** 0700 directory owned by the instance: sockets, serial log, pid file. */
+  runDir: string;
+  /** Network namespace the VMM runs in (the TAP lives there); null for the root namespace. */
+  netns: string | null;
+  /** `cgroup.procs` files the VMM joins before it runs any guest code (one per v1 controller, or one for v2). */
+  cgroupProcsFiles: string[];
+  /** How long boot may take until the guest reports ready, ms. */
+  bootTimeoutMs: number;
+}
+
+/** A running VMM, identified by pid and start time so that a recycled pid is never mistaken for it. */
+export interface VmmProcess {
+  hypervisor: HypervisorKind;
+  pid: number;
+  /** Field 22 of /proc/PID/stat. */
+  pidStartTime: number;
+  /** QMP socket (QEMU) or API socket (Firecracker). */
+  apiSocket: string;
+  /** Serial console log of the guest. */
+  serialLog: string;
+}
+
+export interface VmmCapabilities {
+  kind: HypervisorKind;
+  available: boolean;
+  version: string | null;
+  /** Hardware acceleration that was probed and works (not merely a /dev/kvm that exists). */
+  kvmUsable: boolean;
+  diffSnapshots: boolean;
+  /** Why it is unavailable or degraded, for `mvm doctor`. */
+  notes: string[];
+}
+
+export interface Vmm {
+  readonly kind: HypervisorKind;
+  capabilities(): Promise<VmmCapabilities>;
+  /** Starts the VMM and returns once the guest has reported ready; on failure nothing of it is left running. */
+  boot(spec: VmLaunchSpec): Promise<VmmProcess>;
+  pause(vmm: VmmProcess): Promise<void>;
+  resume(vmm: VmmProcess): Promise<void>;
+  /** Asks the guest to power off, waits up to `timeoutMs`, then kills the VMM. Idempotent. */
+  shutdown(vmm: VmmProcess, timeoutMs: number): Promise<void>;
+  /** True when the process with this pid and start time still runs. */
+  isAlive(vmm: VmmProcess): Promise<boolean>;
+}
+
+// ── Tenant networks ───────────────────────────────────────────────────────────────────────────────────────────────
+
+export interface TenantNetworkPlan {
+  tenantId: string;
+  netId: number;
+  bridgeName: string;
+  gatewayIp: string;
+  /** CIDR of the tenant subnet. */
+  subnet: string;
+  prefixLen: number;
+  /** TCP port of the metadata endpoint on the gateway: the only host port guests may reach. */
+  metadataPort: number;
+}
+
+export interface TapPlan {
+  name: string;
+  mac: string;
+  guestIp: string;
+}
+
+export interface NetworkCheck {
+  check: string;
+  ok: boolean;
+  detail: string;
+}
+
+export interface TenantNetworkReport {
+  tenantId: string;
+  bridgeName: string;
+  ok: boolean;
+  checks: NetworkCheck[];
+  /** TAPs on the bridge that belong to no known instance. */
+  strayTaps: string[];
+  /** Instances whose TAP is missing. */
+  missingTaps: string[];
+}
+
+export interface Network {
+  /** The network namespace the data plane lives in, or null for the root namespace. */
+  readonly netns: string | null;
+  /** Bridge with the gateway address, NAT, forward and isolation rules. Idempotent. */
+  ensureTenant(plan: TenantNetworkPlan): Promise<void>;
+  removeTenant(plan: TenantNetworkPlan): Promise<void>;
+  /** TAP in the tenant bridge, with anti-spoofing rules for its MAC and IP. Idempotent. */
+  ensureTap(plan: TenantNetworkPlan, tap: TapPlan): Promise<void>;
+  removeTap(plan: TenantNetworkPlan, tapName: string): Promise<void>;
+  /** Bytes through the TAP since it was created; null when it does not exist. */
+  tapCounters(tapName: string): Promise<{ rxBytes: number; txBytes: number } | null>;
+  verify(plan: TenantNetworkPlan, expectedTaps: readonly TapPlan[], fix: boolean): Promise<TenantNetworkReport>;
+}
+
+// ── cgroups ───────────────────────────────────────────────────────────────────────────────────────────────────────
+
+export interface CgroupKey {
+  tenantId: string;
+  poolId: string;
+  instanceId: string;
+}
+
+export interface CgroupLimits {
+  /** Guest RAM plus VMM overhead. */
+  memoryBytes: number;
+  /** CPU time per period, µs (vCPUs × period). */
+  cpuQuotaUs: number;
+  cpuPeriodUs: number;
+  pidsMax: number;
+}
+
+export interface CgroupUsage {
+  /** Cumulative CPU time, µs. */
+  cpuUsageUs: number;
+  memoryBytes: number;
+}
+
+export interface Cgroups {
+  readonly version: 1 | 2;
+  /** Creates the instance's groups (nested under tenant and pool) with the limits; returns the procs files to join. */
+  ensure(key: CgroupKey, limits: CgroupLimits): Promise<{ procsFiles: string[] }>;
+  /** Removes the instance's groups once no process is left in them. Idempotent. */
+  remove(key: CgroupKey): Promise<void>;
+  usage(key: CgroupKey): Promise<CgroupUsage | null>;
+  limits(key: CgroupKey): Promise<CgroupLimits | null>;
+}
+
+// ── Disks ─────────────────────────────────────────────────────────────────────────────────────────────────────────
+
+export interface Volumes {
+  /** Copy-on-write disk of the instance over the revision's root image. */
+  createRootOverlay(baseImage: string, overlayPath: string): Promise<void>;
+  /** ext4 data disk, created once; an existing one is kept as it is. */
+  ensureDataDisk(path: string, sizeMib: number): Promise<void>;
+  /** Small ext4 image holding `files` (relative path → content), 0600 inside; rebuilt at every start and wake. */
+  buildSecretsDisk(path: string, files: Record<string, string>): Promise<void>;
+  /** Moves a data disk out of an instance that is being destroyed (`--keep-volumes`); a missing disk is no error. */
+  preserveDataDisk(path: string, destination: string): Promise<void>;
+}
+
+// ── Images ────────────────────────────────────────────────────────────────────────────────────────────────────────
+
+export interface BuildProgressEvent {
+  phase: string;
+  /** 0–100 for the whole build. */
+  percent: number;
+  message: string;
+}
+
+export interface BuiltImage {
+  /** Content hash of the artifacts: the revision ID. */
+  revision: string;
+  kernel: BuildArtifact;
+  initrd: BuildArtifact | null;
+  rootfs: BuildArtifact;
+  builder: string;
+  flakeLockHash: string;
+}
+
+export interface ImageBuilder {
+  /** Builds (or finds in the cache) the artifacts of `source` into `revisionsDir/<revision>/`. */
+  build(source: ImageSource, revisionsDir: string, onProgress: (e: BuildProgressEvent) => void): Promise<BuiltImage>;
+}
+
+// ── Guest channel ─────────────────────────────────────────────────────────────────────────────────────────────────
+
+export interface GuestTarget {
+  guestIp: string;
+  netns: string | null;
+  privateKeyPath: string;
+}
+
+export interface ExecResult {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+}
+
+export interface GuestChannel {
+  exec(target: GuestTarget, argv: readonly string[], options: { timeoutMs: number; input?: string }): Promise<ExecResult>;
+}

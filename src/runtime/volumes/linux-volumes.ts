@@ -1,0 +1,107 @@
+// Instance disks with qemu-img and mkfs.ext4 (no loop mounts, no root needed for the images themselves).
+// Every file is produced under a temporary name and renamed into place, so a crash never leaves a half disk that a
+// later start would take for a good one.
+
+import { mkdir, mkdtemp, rename, rm, stat, truncate, writeFile, chmod, open } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { execa } from "execa";
+import type { Volumes } from "../../core/data-plane-ports.js";
+
+const COMMAND_TIMEOUT_MS = 120_000;
+/** Blank stand-in for a missing data disk, so the secrets disk keeps its device slot. */
+const PLACEHOLDER_BYTES = 1024 * 1024;
+/** Room for ext4's own metadata on top of the secrets' bytes. */
+const SECRETS_DISK_BASE_BYTES = 2 * 1024 * 1024;
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function run(file: string, args: string[]): Promise<string> {
+  const result = await execa(file, args, { timeout: COMMAND_TIMEOUT_MS, reject: false });
+  if (result.exitCode !== 0 || result.timedOut) {
+    const why = result.timedOut ? `timed out after ${COMMAND_TIMEOUT_MS} ms` : `exit code ${result.exitCode}`;
+    throw new Error(`${file} ${args.join(" ")}: ${why}: ${String(result.stderr).trim()}`);
+  }
+  return String(result.stdout);
+}
+
+function temporaryName(path: string): string {
+  return `${path}.tmp-${process.pid}-${Date.now()}`;
+}
+
+async function overlayBackingFile(overlay: string): Promise<string | null> {
+  const info = JSON.parse(await run("qemu-img", ["info", "--output=json", "-U", overlay])) as { "backing-filename"?: string };
+  return info["backing-filename"] ?? null;
+}
+
+export function createLinuxVolumes(): Volumes {
+  return {
+    async createRootOverlay(baseImage, overlayPath) {
+      // Kept across stop/start while the base is the same; a new revision gets a fresh overlay.
+      if ((await exists(overlayPath)) && (await overlayBackingFile(overlayPath)) === baseImage) return;
+      await mkdir(dirname(overlayPath), { recursive: true, mode: 0o700 });
+      const tmp = temporaryName(overlayPath);
+      try {
+        await run("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "raw", "-b", baseImage, tmp]);
+        await rename(tmp, overlayPath);
+      } finally {
+        await rm(tmp, { force: true });
+      }
+    },
+
+    async ensureDataDisk(path, sizeMib) {
+      if (await exists(path)) return;
+      await mkdir(dirname(path), { recursive: true, mode: 0o700 });
+      const tmp = temporaryName(path);
+      try {
+        const handle = await open(tmp, "w", 0o600);
+        await handle.close();
+        if (sizeMib === 0) {
+          await truncate(tmp, PLACEHOLDER_BYTES);
+        } else {
+          await truncate(tmp, sizeMib * 1024 * 1024);
+          await run("mkfs.ext4", ["-q", "-F", "-L", "data", tmp]);
+        }
+        await rename(tmp, path);
+      } finally {
+        await rm(tmp, { force: true });
+      }
+    },
+
+    async buildSecretsDisk(path, files) {
+      await mkdir(dirname(path), { recursive: true, mode: 0o700 });
+      const staging = await mkdtemp(join(tmpdir(), "mvm-secrets-"));
+      const tmp = temporaryName(path);
+      try {
+        let bytes = 0;
+        for (const [name, content] of Object.entries(files)) {
+          if (name.startsWith("/") || name.split("/").includes("..")) throw new Error(`secrets file name ${JSON.stringify(name)} leaves the disk`);
+          await mkdir(dirname(join(staging, name)), { recursive: true, mode: 0o700 });
+          await writeFile(join(staging, name), content, { mode: 0o600 });
+          bytes += Buffer.byteLength(content) + 4096;
+        }
+        await chmod(staging, 0o700);
+        const sizeKib = Math.ceil((SECRETS_DISK_BASE_BYTES + bytes) / 1024);
+        await writeFile(tmp, "", { mode: 0o600 });
+        await run("mkfs.ext4", ["-q", "-F", "-L", "secrets", "-d", staging, tmp, `${sizeKib}k`]);
+        await rename(tmp, path);
+      } finally {
+        await rm(staging, { recursive: true, force: true });
+        await rm(tmp, { force: true });
+      }
+    },
+
+    async preserveDataDisk(path, destination) {
+      if (!(await exists(path))) return;
+      await mkdir(dirname(destination), { recursive: true, mode: 0o700 });
+      await rename(path, destination);
+    },
+  };
+}
