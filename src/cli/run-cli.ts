@@ -9,6 +9,7 @@ import { resolveDataRoot } from "../runtime/store/data-root.js";
 import { FsStore } from "../runtime/store/fs-store.js";
 import { createRandomIds } from "../runtime/system/random-ids.js";
 import { createSystemClock } from "../runtime/system/system-clock.js";
+import { registerCertsCommands } from "./commands/certs.js";
 import { registerDesiredCommands } from "./commands/desired.js";
 import { registerInstanceCommands } from "./commands/instance.js";
 import { registerNodeCommands } from "./commands/node.js";
@@ -84,6 +85,9 @@ export function buildParser(argv: string[], ctx: CliContext): Argv<GlobalOptions
   parser = registerInstanceCommands(parser, ctx);
   parser = registerNodeCommands(parser, ctx);
   parser = registerDesiredCommands(parser, ctx);
+  parser = parser.command("agent", "the node agent: certificates", (y) =>
+    registerCertsCommands(y, ctx).demandCommand(1, "agent: a subcommand is required (certs)"),
+  );
   return parser.demandCommand(1, "a command is required; see mvm --help");
 }
 
