@@ -9,6 +9,7 @@ import { assertQuota, computeUsage } from "../quota.js";
 import { planTransition } from "../state-machine.js";
 import { allocateGuestAddress, parseCidr } from "../subnet.js";
 import { enumViolations } from "../validation.js";
+import { audited } from "./audit-trail.js";
 import { timestamp, type RecordDeps } from "./deps.js";
 
 export interface InstanceKey {
@@ -47,56 +48,58 @@ async function tenantInstances(deps: RecordDeps, pools: readonly WorkerPool[]): 
 }
 
 export async function createInstance(deps: RecordDeps, key: { tenantId: string; poolId: string }): Promise<Instance> {
-  const violations = [...idViolations(key.tenantId, "tenant_id"), ...idViolations(key.poolId, "pool_id")];
-  if (violations.length > 0) throw invalid(violations);
-  const { store } = deps;
-  return store.withTenantLock(key.tenantId, async () => {
-    const tenant = await store.getTenant(key.tenantId);
-    if (!tenant) throw notFound(`tenant ${key.tenantId}`);
-    const pool = await store.getPool(key.tenantId, key.poolId);
-    if (!pool) throw notFound(`pool ${key.tenantId}/${key.poolId}`);
-    const pools = await store.listPools(key.tenantId);
-    const instances = await tenantInstances(deps, pools);
-    assertQuota(tenant.tenantId, tenant.quotas, computeUsage(pools, instances), {
-      kind: "create_instance",
-      poolId: pool.poolId,
-      dataDiskMib: pool.resources.dataDiskMib,
-    });
+  return audited(deps, { tenantId: key.tenantId, action: "instance_create", target: `${key.tenantId}/${key.poolId}` }, async () => {
+    const violations = [...idViolations(key.tenantId, "tenant_id"), ...idViolations(key.poolId, "pool_id")];
+    if (violations.length > 0) throw invalid(violations);
+    const { store } = deps;
+    return store.withTenantLock(key.tenantId, async () => {
+      const tenant = await store.getTenant(key.tenantId);
+      if (!tenant) throw notFound(`tenant ${key.tenantId}`);
+      const pool = await store.getPool(key.tenantId, key.poolId);
+      if (!pool) throw notFound(`pool ${key.tenantId}/${key.poolId}`);
+      const pools = await store.listPools(key.tenantId);
+      const instances = await tenantInstances(deps, pools);
+      assertQuota(tenant.tenantId, tenant.quotas, computeUsage(pools, instances), {
+        kind: "create_instance",
+        poolId: pool.poolId,
+        dataDiskMib: pool.resources.dataDiskMib,
+      });
 
-    const subnet = parseCidr(tenant.network.ipv4Subnet, "network.ipv4_subnet");
-    const usedIps = new Set(instances.filter((i) => i.status !== "destroyed").map((i) => i.net.guestIp));
-    const { ip, offset } = allocateGuestAddress(subnet, usedIps);
-    // Instance IDs are unique on the node, not only in the tenant: runtime paths and cgroups are named by them.
-    const taken = await allInstanceIds(deps);
-    const instanceId = newInstanceId(deps.ids.randomHex.bind(deps.ids), (id) => taken.has(id));
-    const now = timestamp(deps.clock);
-    const instance: Instance = {
-      schemaVersion: SCHEMA_VERSION,
-      instanceId,
-      tenantId: tenant.tenantId,
-      poolId: pool.poolId,
-      status: "created",
-      revision: "",
-      net: {
-        tapName: tapName(tenant.network.netId, offset),
-        mac: macAddress(tenant.network.netId, offset),
-        guestIp: ip,
-        gatewayIp: tenant.network.gatewayIp,
-        prefixLen: subnet.prefixLen,
-      },
-      vmm: null,
-      conditions: [],
-      idle: { idleS: 0, cpuPct: 0, netBytes: 0, lastSampleAt: null },
-      createdAt: now,
-      updatedAt: now,
-      lastStartedAt: null,
-      lastStoppedAt: null,
-      lastSnapshotAt: null,
-      healthy: false,
-      lastHealthCheckAt: null,
-    };
-    await store.putInstance(instance);
-    return instance;
+      const subnet = parseCidr(tenant.network.ipv4Subnet, "network.ipv4_subnet");
+      const usedIps = new Set(instances.filter((i) => i.status !== "destroyed").map((i) => i.net.guestIp));
+      const { ip, offset } = allocateGuestAddress(subnet, usedIps);
+      // Instance IDs are unique on the node, not only in the tenant: runtime paths and cgroups are named by them.
+      const taken = await allInstanceIds(deps);
+      const instanceId = newInstanceId(deps.ids.randomHex.bind(deps.ids), (id) => taken.has(id));
+      const now = timestamp(deps.clock);
+      const instance: Instance = {
+        schemaVersion: SCHEMA_VERSION,
+        instanceId,
+        tenantId: tenant.tenantId,
+        poolId: pool.poolId,
+        status: "created",
+        revision: "",
+        net: {
+          tapName: tapName(tenant.network.netId, offset),
+          mac: macAddress(tenant.network.netId, offset),
+          guestIp: ip,
+          gatewayIp: tenant.network.gatewayIp,
+          prefixLen: subnet.prefixLen,
+        },
+        vmm: null,
+        conditions: [],
+        idle: { idleS: 0, cpuPct: 0, netBytes: 0, lastSampleAt: null },
+        createdAt: now,
+        updatedAt: now,
+        lastStartedAt: null,
+        lastStoppedAt: null,
+        lastSnapshotAt: null,
+        healthy: false,
+        lastHealthCheckAt: null,
+      };
+      await store.putInstance(instance);
+      return instance;
+    });
   });
 }
 
@@ -136,14 +139,16 @@ export async function listInstances(deps: RecordDeps, filter: InstanceFilter = {
  * first so that the rule lives in one place; tearing down a running VMM is the data plane's job and comes before this.
  */
 export async function destroyInstanceRecord(deps: RecordDeps, key: InstanceKey): Promise<Instance> {
-  const violations = keyViolations(key);
-  if (violations.length > 0) throw invalid(violations);
-  const { store } = deps;
-  return store.withTenantLock(key.tenantId, async () => {
-    const instance = await store.getInstance(key.tenantId, key.poolId, key.instanceId);
-    if (!instance) throw notFound(`instance ${key.tenantId}/${key.poolId}/${key.instanceId}`);
-    planTransition(instance.status, "destroy");
-    await store.deleteInstance(key.tenantId, key.poolId, key.instanceId);
-    return { ...instance, status: "destroyed", updatedAt: timestamp(deps.clock) };
+  return audited(deps, { tenantId: key.tenantId, action: "instance_destroy", target: `${key.tenantId}/${key.poolId}/${key.instanceId}` }, async () => {
+    const violations = keyViolations(key);
+    if (violations.length > 0) throw invalid(violations);
+    const { store } = deps;
+    return store.withTenantLock(key.tenantId, async () => {
+      const instance = await store.getInstance(key.tenantId, key.poolId, key.instanceId);
+      if (!instance) throw notFound(`instance ${key.tenantId}/${key.poolId}/${key.instanceId}`);
+      planTransition(instance.status, "destroy");
+      await store.deleteInstance(key.tenantId, key.poolId, key.instanceId);
+      return { ...instance, status: "destroyed", updatedAt: timestamp(deps.clock) };
+    });
   });
 }

@@ -22,6 +22,7 @@ import type {
   VmmProcess,
   Volumes,
 } from "../data-plane-ports.js";
+import { audited } from "./audit-trail.js";
 import { timestamp, type RecordDeps } from "./deps.js";
 import type { InstanceKey } from "./instances.js";
 
@@ -158,89 +159,91 @@ function secretsFiles(tenant: Tenant, pool: WorkerPool, instance: Instance, revi
 
 /** Cold boot: ready/stopped/created → running. Starting a running instance returns it unchanged. */
 export async function startInstance(deps: DataPlaneDeps, key: InstanceKey): Promise<Instance> {
-  return deps.store.withTenantLock(key.tenantId, async () => {
-    const { tenant, pool, instance } = await load(deps, key);
-    const plan = planTransition(instance.status, "start");
-    if (plan.kind === "noop") return instance;
-    if (!pool.currentRevision) {
-      throw failedPrecondition(`pool ${pool.tenantId}/${pool.poolId} has no built revision: run mvm pool build ${pool.tenantId}/${pool.poolId}`);
-    }
-    const pools = await deps.store.listPools(tenant.tenantId);
-    const instances = (await Promise.all(pools.map((p) => deps.store.listInstances(tenant.tenantId, p.poolId)))).flat();
-    assertQuota(tenant.tenantId, tenant.quotas, computeUsage(pools, instances), {
-      kind: "start",
-      vcpus: pool.resources.vcpus,
-      memMib: pool.resources.memMib,
-    });
-
-    const hypervisor = await deps.chooseHypervisor(pool);
-    const revision = pool.currentRevision;
-    const revisionDir = deps.paths.revisionDir(tenant.tenantId, pool.poolId, revision);
-    const files = instanceFiles(deps.paths, instance);
-    const netPlan = tenantNetworkPlan(tenant, deps.metadataPort);
-    const rollback = new Rollback();
-    try {
-      await deps.network.ensureTenant(netPlan);
-      await deps.network.ensureTap(netPlan, { name: instance.net.tapName, mac: instance.net.mac, guestIp: instance.net.guestIp });
-      rollback.add("remove TAP", () => deps.network.removeTap(netPlan, instance.net.tapName));
-      const { procsFiles } = await deps.cgroups.ensure(cgroupKey(instance), deps.cgroupLimits(pool));
-      rollback.add("remove cgroup", () => deps.cgroups.remove(cgroupKey(instance)));
-
-      await deps.volumes.createRootOverlay(`${revisionDir}/${REVISION_FILES.rootfs}`, files.rootOverlay);
-      const disks: VmDisk[] = [{ role: "root", path: files.rootOverlay, format: "qcow2", readOnly: false }];
-      if (pool.resources.dataDiskMib > 0) {
-        await deps.volumes.ensureDataDisk(files.dataDisk, pool.resources.dataDiskMib);
-        disks.push({ role: "data", path: files.dataDisk, format: "raw", readOnly: false });
-      } else {
-        await deps.volumes.ensureDataDisk(files.dataPlaceholder, 0);
-        disks.push({ role: "data", path: files.dataPlaceholder, format: "raw", readOnly: true });
+  return audited(deps, { tenantId: key.tenantId, action: "instance_start", target: `${key.tenantId}/${key.poolId}/${key.instanceId}` }, async () => {
+    return deps.store.withTenantLock(key.tenantId, async () => {
+      const { tenant, pool, instance } = await load(deps, key);
+      const plan = planTransition(instance.status, "start");
+      if (plan.kind === "noop") return instance;
+      if (!pool.currentRevision) {
+        throw failedPrecondition(`pool ${pool.tenantId}/${pool.poolId} has no built revision: run mvm pool build ${pool.tenantId}/${pool.poolId}`);
       }
-      await deps.volumes.buildSecretsDisk(files.secretsDisk, secretsFiles(tenant, pool, instance, revision));
-      disks.push({ role: "secrets", path: files.secretsDisk, format: "raw", readOnly: true });
-
-      const vmm = deps.vmm(hypervisor);
-      const process: VmmProcess = await vmm.boot({
-        instanceId: instance.instanceId,
+      const pools = await deps.store.listPools(tenant.tenantId);
+      const instances = (await Promise.all(pools.map((p) => deps.store.listInstances(tenant.tenantId, p.poolId)))).flat();
+      assertQuota(tenant.tenantId, tenant.quotas, computeUsage(pools, instances), {
+        kind: "start",
         vcpus: pool.resources.vcpus,
         memMib: pool.resources.memMib,
-        kernelPath: `${revisionDir}/${REVISION_FILES.kernel}`,
-        initrdPath: `${revisionDir}/${REVISION_FILES.initrd}`,
-        kernelArgs: [
-          `ip=${instance.net.guestIp}::${instance.net.gatewayIp}:${netmask(instance.net.prefixLen)}::eth0:off`,
-          `mvm.instance=${instance.instanceId}`,
-        ],
-        disks,
-        tap: { name: instance.net.tapName, mac: instance.net.mac },
-        runDir: files.runDir,
-        netns: deps.network.netns,
-        cgroupProcsFiles: procsFiles,
-        bootTimeoutMs: deps.bootTimeoutMs,
       });
-      rollback.add("stop VMM", () => vmm.shutdown(process, 0));
 
-      const now = timestamp(deps.clock);
-      const running: Instance = {
-        ...instance,
-        status: "running",
-        revision,
-        vmm: {
-          hypervisor,
-          pid: process.pid,
-          pidStartTime: process.pidStartTime,
-          apiSocket: process.apiSocket,
+      const hypervisor = await deps.chooseHypervisor(pool);
+      const revision = pool.currentRevision;
+      const revisionDir = deps.paths.revisionDir(tenant.tenantId, pool.poolId, revision);
+      const files = instanceFiles(deps.paths, instance);
+      const netPlan = tenantNetworkPlan(tenant, deps.metadataPort);
+      const rollback = new Rollback();
+      try {
+        await deps.network.ensureTenant(netPlan);
+        await deps.network.ensureTap(netPlan, { name: instance.net.tapName, mac: instance.net.mac, guestIp: instance.net.guestIp });
+        rollback.add("remove TAP", () => deps.network.removeTap(netPlan, instance.net.tapName));
+        const { procsFiles } = await deps.cgroups.ensure(cgroupKey(instance), deps.cgroupLimits(pool));
+        rollback.add("remove cgroup", () => deps.cgroups.remove(cgroupKey(instance)));
+
+        await deps.volumes.createRootOverlay(`${revisionDir}/${REVISION_FILES.rootfs}`, files.rootOverlay);
+        const disks: VmDisk[] = [{ role: "root", path: files.rootOverlay, format: "qcow2", readOnly: false }];
+        if (pool.resources.dataDiskMib > 0) {
+          await deps.volumes.ensureDataDisk(files.dataDisk, pool.resources.dataDiskMib);
+          disks.push({ role: "data", path: files.dataDisk, format: "raw", readOnly: false });
+        } else {
+          await deps.volumes.ensureDataDisk(files.dataPlaceholder, 0);
+          disks.push({ role: "data", path: files.dataPlaceholder, format: "raw", readOnly: true });
+        }
+        await deps.volumes.buildSecretsDisk(files.secretsDisk, secretsFiles(tenant, pool, instance, revision));
+        disks.push({ role: "secrets", path: files.secretsDisk, format: "raw", readOnly: true });
+
+        const vmm = deps.vmm(hypervisor);
+        const process: VmmProcess = await vmm.boot({
+          instanceId: instance.instanceId,
+          vcpus: pool.resources.vcpus,
+          memMib: pool.resources.memMib,
+          kernelPath: `${revisionDir}/${REVISION_FILES.kernel}`,
+          initrdPath: `${revisionDir}/${REVISION_FILES.initrd}`,
+          kernelArgs: [
+            `ip=${instance.net.guestIp}::${instance.net.gatewayIp}:${netmask(instance.net.prefixLen)}::eth0:off`,
+            `mvm.instance=${instance.instanceId}`,
+          ],
+          disks,
+          tap: { name: instance.net.tapName, mac: instance.net.mac },
+          runDir: files.runDir,
           netns: deps.network.netns,
-        },
-        conditions: setCondition(instance.conditions, { type: "Ready", status: "true", reason: "GuestReady", message: "guest reported ready" }, now),
-        healthy: true,
-        lastHealthCheckAt: now,
-        lastStartedAt: now,
-        updatedAt: now,
-      };
-      await deps.store.putInstance(running);
-      return running;
-    } catch (error) {
-      throw withRollbackFailures(error, await rollback.run());
-    }
+          cgroupProcsFiles: procsFiles,
+          bootTimeoutMs: deps.bootTimeoutMs,
+        });
+        rollback.add("stop VMM", () => vmm.shutdown(process, 0));
+
+        const now = timestamp(deps.clock);
+        const running: Instance = {
+          ...instance,
+          status: "running",
+          revision,
+          vmm: {
+            hypervisor,
+            pid: process.pid,
+            pidStartTime: process.pidStartTime,
+            apiSocket: process.apiSocket,
+            netns: deps.network.netns,
+          },
+          conditions: setCondition(instance.conditions, { type: "Ready", status: "true", reason: "GuestReady", message: "guest reported ready" }, now),
+          healthy: true,
+          lastHealthCheckAt: now,
+          lastStartedAt: now,
+          updatedAt: now,
+        };
+        await deps.store.putInstance(running);
+        return running;
+      } catch (error) {
+        throw withRollbackFailures(error, await rollback.run());
+      }
+    });
   });
 }
 
@@ -278,23 +281,25 @@ function guestTarget(deps: DataPlaneDeps, instance: Instance) {
 
 /** running/warm/sleeping → stopped: graceful shutdown, then kill after the timeout; TAP and cgroup released. */
 export async function stopInstance(deps: DataPlaneDeps, key: InstanceKey): Promise<Instance> {
-  return deps.store.withTenantLock(key.tenantId, async () => {
-    const { tenant, instance } = await load(deps, key);
-    const plan = planTransition(instance.status, "stop");
-    if (plan.kind === "noop") return instance;
-    await teardownRuntime(deps, tenant, instance);
-    const now = timestamp(deps.clock);
-    const stopped: Instance = {
-      ...instance,
-      status: "stopped",
-      vmm: null,
-      healthy: false,
-      conditions: setCondition(instance.conditions, { type: "Ready", status: "false", reason: "Stopped", message: "instance stopped" }, now),
-      lastStoppedAt: now,
-      updatedAt: now,
-    };
-    await deps.store.putInstance(stopped);
-    return stopped;
+  return audited(deps, { tenantId: key.tenantId, action: "instance_stop", target: `${key.tenantId}/${key.poolId}/${key.instanceId}` }, async () => {
+    return deps.store.withTenantLock(key.tenantId, async () => {
+      const { tenant, instance } = await load(deps, key);
+      const plan = planTransition(instance.status, "stop");
+      if (plan.kind === "noop") return instance;
+      await teardownRuntime(deps, tenant, instance);
+      const now = timestamp(deps.clock);
+      const stopped: Instance = {
+        ...instance,
+        status: "stopped",
+        vmm: null,
+        healthy: false,
+        conditions: setCondition(instance.conditions, { type: "Ready", status: "false", reason: "Stopped", message: "instance stopped" }, now),
+        lastStoppedAt: now,
+        updatedAt: now,
+      };
+      await deps.store.putInstance(stopped);
+      return stopped;
+    });
   });
 }
 
@@ -305,18 +310,20 @@ export interface DestroyOptions {
 
 /** any → destroyed: stops the VMM if needed, releases TAP, cgroup, disks and the IP (the record goes). */
 export async function destroyInstance(deps: DataPlaneDeps, key: InstanceKey, options: DestroyOptions = {}): Promise<Instance> {
-  return deps.store.withTenantLock(key.tenantId, async () => {
-    const { tenant, instance } = await load(deps, key);
-    planTransition(instance.status, "destroy");
-    await teardownRuntime(deps, tenant, instance);
-    if (options.keepVolumes && instance.status !== "created") {
-      await deps.volumes.preserveDataDisk(
-        instanceFiles(deps.paths, instance).dataDisk,
-        deps.paths.keptDataDisk(instance.tenantId, instance.poolId, instance.instanceId),
-      );
-    }
-    await deps.store.deleteInstance(key.tenantId, key.poolId, key.instanceId);
-    return { ...instance, status: "destroyed", vmm: null, updatedAt: timestamp(deps.clock) };
+  return audited(deps, { tenantId: key.tenantId, action: "instance_destroy", target: `${key.tenantId}/${key.poolId}/${key.instanceId}` }, async () => {
+    return deps.store.withTenantLock(key.tenantId, async () => {
+      const { tenant, instance } = await load(deps, key);
+      planTransition(instance.status, "destroy");
+      await teardownRuntime(deps, tenant, instance);
+      if (options.keepVolumes && instance.status !== "created") {
+        await deps.volumes.preserveDataDisk(
+          instanceFiles(deps.paths, instance).dataDisk,
+          deps.paths.keptDataDisk(instance.tenantId, instance.poolId, instance.instanceId),
+        );
+      }
+      await deps.store.deleteInstance(key.tenantId, key.poolId, key.instanceId);
+      return { ...instance, status: "destroyed", vmm: null, updatedAt: timestamp(deps.clock) };
+    });
   });
 }
 
@@ -327,12 +334,14 @@ export async function execInInstance(
   argv: readonly string[],
   options: { timeoutMs: number; input?: string },
 ): Promise<ExecResult> {
-  if (argv.length === 0) throw invalid([{ field: "command", rule: "must name a program to run" }]);
-  const { instance } = await load(deps, key);
-  if (instance.status !== "running") {
-    throw failedPrecondition(`instance ${key.instanceId} is ${instance.status}: exec needs a running instance`);
-  }
-  return deps.guest.exec(guestTarget(deps, instance), argv, options);
+  return audited(deps, { tenantId: key.tenantId, action: "instance_exec", target: `${key.tenantId}/${key.poolId}/${key.instanceId}`, details: { command: argv[0] ?? "" } }, async () => {
+    if (argv.length === 0) throw invalid([{ field: "command", rule: "must name a program to run" }]);
+    const { instance } = await load(deps, key);
+    if (instance.status !== "running") {
+      throw failedPrecondition(`instance ${key.instanceId} is ${instance.status}: exec needs a running instance`);
+    }
+    return deps.guest.exec(guestTarget(deps, instance), argv, options);
+  });
 }
 
 export interface InstanceStats {

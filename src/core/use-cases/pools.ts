@@ -25,6 +25,7 @@ import {
   resourcesViolations,
   sleepPolicyViolations,
 } from "../validation.js";
+import { audited } from "./audit-trail.js";
 import { timestamp, type RecordDeps } from "./deps.js";
 
 /** The user-settable part of a pool; everything but the IDs is optional on update. */
@@ -91,37 +92,39 @@ function applySpec(pool: WorkerPool, spec: PoolSpecInput): WorkerPool {
 }
 
 export async function createPool(deps: RecordDeps, key: PoolKey, spec: PoolSpecInput): Promise<WorkerPool> {
-  const violations = [...keyViolations(key), ...specViolations(spec)];
-  if (violations.length > 0) throw invalid(violations);
-  const now = timestamp(deps.clock);
-  const draft: WorkerPool = {
-    schemaVersion: SCHEMA_VERSION,
-    tenantId: key.tenantId,
-    poolId: key.poolId,
-    image: DEFAULT_IMAGE,
-    resources: DEFAULT_RESOURCES,
-    desiredCounts: { running: 0, warm: 0, sleeping: 0 },
-    hypervisor: "auto",
-    seccompPolicy: "default",
-    snapshotCompression: "none",
-    metadataEnabled: true,
-    sleepPolicy: { ...DEFAULT_SLEEP_POLICY },
-    pinned: false,
-    critical: false,
-    currentRevision: "",
-    createdAt: now,
-    updatedAt: now,
-  };
-  const pool = applySpec(draft, spec);
-  const { store } = deps;
-  return store.withTenantLock(key.tenantId, async () => {
-    const tenant = await store.getTenant(key.tenantId);
-    if (!tenant) throw notFound(`tenant ${key.tenantId}`);
-    if (await store.getPool(key.tenantId, key.poolId)) throw alreadyExists(`pool ${key.tenantId}/${key.poolId}`);
-    const pools = await store.listPools(key.tenantId);
-    assertQuota(tenant.tenantId, tenant.quotas, computeUsage(pools, []), { kind: "create_pool" });
-    await store.putPool(pool);
-    return pool;
+  return audited(deps, { tenantId: key.tenantId, action: "pool_create", target: `${key.tenantId}/${key.poolId}` }, async () => {
+    const violations = [...keyViolations(key), ...specViolations(spec)];
+    if (violations.length > 0) throw invalid(violations);
+    const now = timestamp(deps.clock);
+    const draft: WorkerPool = {
+      schemaVersion: SCHEMA_VERSION,
+      tenantId: key.tenantId,
+      poolId: key.poolId,
+      image: DEFAULT_IMAGE,
+      resources: DEFAULT_RESOURCES,
+      desiredCounts: { running: 0, warm: 0, sleeping: 0 },
+      hypervisor: "auto",
+      seccompPolicy: "default",
+      snapshotCompression: "none",
+      metadataEnabled: true,
+      sleepPolicy: { ...DEFAULT_SLEEP_POLICY },
+      pinned: false,
+      critical: false,
+      currentRevision: "",
+      createdAt: now,
+      updatedAt: now,
+    };
+    const pool = applySpec(draft, spec);
+    const { store } = deps;
+    return store.withTenantLock(key.tenantId, async () => {
+      const tenant = await store.getTenant(key.tenantId);
+      if (!tenant) throw notFound(`tenant ${key.tenantId}`);
+      if (await store.getPool(key.tenantId, key.poolId)) throw alreadyExists(`pool ${key.tenantId}/${key.poolId}`);
+      const pools = await store.listPools(key.tenantId);
+      assertQuota(tenant.tenantId, tenant.quotas, computeUsage(pools, []), { kind: "create_pool" });
+      await store.putPool(pool);
+      return pool;
+    });
   });
 }
 
@@ -146,18 +149,20 @@ export async function listPools(deps: RecordDeps, tenantId?: string): Promise<Wo
 }
 
 export async function updatePool(deps: RecordDeps, key: PoolKey, spec: PoolSpecInput): Promise<WorkerPool> {
-  const violations = [...keyViolations(key), ...specViolations(spec)];
-  if (violations.length > 0) throw invalid(violations);
-  const { store } = deps;
-  return store.withTenantLock(key.tenantId, async () => {
-    const tenant = await store.getTenant(key.tenantId);
-    if (!tenant) throw notFound(`tenant ${key.tenantId}`);
-    const pool = await store.getPool(key.tenantId, key.poolId);
-    if (!pool) throw notFound(`pool ${key.tenantId}/${key.poolId}`);
-    const updated = { ...applySpec(pool, spec), updatedAt: timestamp(deps.clock) };
-    if (spec.desiredCounts) await assertScaleWithinQuota(deps, updated);
-    await store.putPool(updated);
-    return updated;
+  return audited(deps, { tenantId: key.tenantId, action: spec.desiredCounts && Object.keys(spec).length === 1 ? "pool_scale" : "pool_update", target: `${key.tenantId}/${key.poolId}` }, async () => {
+    const violations = [...keyViolations(key), ...specViolations(spec)];
+    if (violations.length > 0) throw invalid(violations);
+    const { store } = deps;
+    return store.withTenantLock(key.tenantId, async () => {
+      const tenant = await store.getTenant(key.tenantId);
+      if (!tenant) throw notFound(`tenant ${key.tenantId}`);
+      const pool = await store.getPool(key.tenantId, key.poolId);
+      if (!pool) throw notFound(`pool ${key.tenantId}/${key.poolId}`);
+      const updated = { ...applySpec(pool, spec), updatedAt: timestamp(deps.clock) };
+      if (spec.desiredCounts) await assertScaleWithinQuota(deps, updated);
+      await store.putPool(updated);
+      return updated;
+    });
   });
 }
 
@@ -195,19 +200,21 @@ export interface DestroyPoolInput extends PoolKey {
 }
 
 export async function destroyPool(deps: RecordDeps, input: DestroyPoolInput): Promise<WorkerPool> {
-  const violations = keyViolations(input);
-  if (violations.length > 0) throw invalid(violations);
-  const { store } = deps;
-  return store.withTenantLock(input.tenantId, async () => {
-    const pool = await store.getPool(input.tenantId, input.poolId);
-    if (!pool) throw notFound(`pool ${input.tenantId}/${input.poolId}`);
-    const instances = await store.listInstances(input.tenantId, input.poolId);
-    if (instances.length > 0 && !input.force) {
-      throw failedPrecondition(
-        `pool ${input.tenantId}/${input.poolId} still has ${instances.length} instance(s): destroy them first, or pass --force`,
-      );
-    }
-    await store.deletePool(input.tenantId, input.poolId);
-    return pool;
+  return audited(deps, { tenantId: input.tenantId, action: "pool_delete", target: `${input.tenantId}/${input.poolId}` }, async () => {
+    const violations = keyViolations(input);
+    if (violations.length > 0) throw invalid(violations);
+    const { store } = deps;
+    return store.withTenantLock(input.tenantId, async () => {
+      const pool = await store.getPool(input.tenantId, input.poolId);
+      if (!pool) throw notFound(`pool ${input.tenantId}/${input.poolId}`);
+      const instances = await store.listInstances(input.tenantId, input.poolId);
+      if (instances.length > 0 && !input.force) {
+        throw failedPrecondition(
+          `pool ${input.tenantId}/${input.poolId} still has ${instances.length} instance(s): destroy them first, or pass --force`,
+        );
+      }
+      await store.deletePool(input.tenantId, input.poolId);
+      return pool;
+    });
   });
 }

@@ -16,6 +16,7 @@ import {
   type Cidr,
 } from "../subnet.js";
 import { labelsViolations, quotaViolations } from "../validation.js";
+import { audited } from "./audit-trail.js";
 import { timestamp, type RecordDeps } from "./deps.js";
 
 export interface TenantNetworkInput {
@@ -90,42 +91,44 @@ function planNetwork(deps: RecordDeps, tenantId: string, others: readonly Tenant
 }
 
 export async function createTenant(deps: RecordDeps, input: CreateTenantInput): Promise<Tenant> {
-  const violations = [
-    ...idViolations(input.tenantId, "tenant_id"),
-    ...networkInputViolations(input.network),
-    ...quotaViolations(input.quotas ?? {}, "quotas"),
-    ...labelsViolations(input.labels ?? {}, "labels"),
-  ];
-  if (violations.length > 0) throw invalid(violations);
+  return audited(deps, { tenantId: input.tenantId, action: "tenant_create", target: input.tenantId, failureLog: "node" }, async () => {
+    const violations = [
+      ...idViolations(input.tenantId, "tenant_id"),
+      ...networkInputViolations(input.network),
+      ...quotaViolations(input.quotas ?? {}, "quotas"),
+      ...labelsViolations(input.labels ?? {}, "labels"),
+    ];
+    if (violations.length > 0) throw invalid(violations);
 
-  const { store } = deps;
-  return store.withNodeLock(async () => {
-    if (await store.getTenant(input.tenantId)) throw alreadyExists(`tenant ${input.tenantId}`);
-    const others = await store.listTenants();
-    const network = planNetwork(deps, input.tenantId, others, input.network);
-    const now = timestamp(deps.clock);
-    const key = deps.keys.ed25519(`mvm-tenant-${input.tenantId}`);
-    const tenant: Tenant = {
-      schemaVersion: SCHEMA_VERSION,
-      tenantId: input.tenantId,
-      quotas: { ...DEFAULT_QUOTA, ...input.quotas },
-      network,
-      sshPublicKey: key.publicKey,
-      secretsEpoch: 0,
-      labels: { ...input.labels },
-      createdAt: now,
-      updatedAt: now,
-    };
-    // The key goes first: a tenant record is never visible without its key. On any failure the whole tenant
-    // directory goes, so a retry starts clean.
-    try {
-      await store.putTenantSshKey(tenant.tenantId, key);
-      await store.putTenant(tenant);
-    } catch (e) {
-      await store.deleteTenant(tenant.tenantId).catch(() => undefined);
-      throw e;
-    }
-    return tenant;
+    const { store } = deps;
+    return store.withNodeLock(async () => {
+      if (await store.getTenant(input.tenantId)) throw alreadyExists(`tenant ${input.tenantId}`);
+      const others = await store.listTenants();
+      const network = planNetwork(deps, input.tenantId, others, input.network);
+      const now = timestamp(deps.clock);
+      const key = deps.keys.ed25519(`mvm-tenant-${input.tenantId}`);
+      const tenant: Tenant = {
+        schemaVersion: SCHEMA_VERSION,
+        tenantId: input.tenantId,
+        quotas: { ...DEFAULT_QUOTA, ...input.quotas },
+        network,
+        sshPublicKey: key.publicKey,
+        secretsEpoch: 0,
+        labels: { ...input.labels },
+        createdAt: now,
+        updatedAt: now,
+      };
+      // The key goes first: a tenant record is never visible without its key. On any failure the whole tenant
+      // directory goes, so a retry starts clean.
+      try {
+        await store.putTenantSshKey(tenant.tenantId, key);
+        await store.putTenant(tenant);
+      } catch (e) {
+        await store.deleteTenant(tenant.tenantId).catch(() => undefined);
+        throw e;
+      }
+      return tenant;
+    });
   });
 }
 
@@ -142,49 +145,51 @@ export async function listTenants(deps: RecordDeps): Promise<Tenant[]> {
 }
 
 export async function updateTenant(deps: RecordDeps, input: UpdateTenantInput): Promise<Tenant> {
-  const labelsToSet = Object.fromEntries(Object.entries(input.labels ?? {}).filter(([, v]) => v !== null)) as Record<string, string>;
-  const violations = [
-    ...idViolations(input.tenantId, "tenant_id"),
-    ...networkInputViolations(input.network),
-    ...quotaViolations(input.quotas ?? {}, "quotas"),
-    ...labelsViolations(labelsToSet, "labels"),
-  ];
-  if (violations.length > 0) throw invalid(violations);
-  const { store } = deps;
-  return store.withNodeLock(() =>
-    store.withTenantLock(input.tenantId, async () => {
-      const tenant = await store.getTenant(input.tenantId);
-      if (!tenant) throw notFound(`tenant ${input.tenantId}`);
-      let network = tenant.network;
-      if (input.network && (input.network.netId !== undefined || input.network.ipv4Subnet !== undefined)) {
-        const pools = await store.listPools(tenant.tenantId);
-        if (pools.length > 0) {
-          throw failedPrecondition(
-            `tenant ${tenant.tenantId}: network cannot change while the tenant has pools (${pools.map((p) => p.poolId).join(", ")})`,
-          );
+  return audited(deps, { tenantId: input.tenantId, action: "tenant_update", target: input.tenantId }, async () => {
+    const labelsToSet = Object.fromEntries(Object.entries(input.labels ?? {}).filter(([, v]) => v !== null)) as Record<string, string>;
+    const violations = [
+      ...idViolations(input.tenantId, "tenant_id"),
+      ...networkInputViolations(input.network),
+      ...quotaViolations(input.quotas ?? {}, "quotas"),
+      ...labelsViolations(labelsToSet, "labels"),
+    ];
+    if (violations.length > 0) throw invalid(violations);
+    const { store } = deps;
+    return store.withNodeLock(() =>
+      store.withTenantLock(input.tenantId, async () => {
+        const tenant = await store.getTenant(input.tenantId);
+        if (!tenant) throw notFound(`tenant ${input.tenantId}`);
+        let network = tenant.network;
+        if (input.network && (input.network.netId !== undefined || input.network.ipv4Subnet !== undefined)) {
+          const pools = await store.listPools(tenant.tenantId);
+          if (pools.length > 0) {
+            throw failedPrecondition(
+              `tenant ${tenant.tenantId}: network cannot change while the tenant has pools (${pools.map((p) => p.poolId).join(", ")})`,
+            );
+          }
+          const others = (await store.listTenants()).filter((t) => t.tenantId !== tenant.tenantId);
+          network = planNetwork(deps, tenant.tenantId, others, {
+            netId: input.network.netId ?? tenant.network.netId,
+            ipv4Subnet: input.network.ipv4Subnet ?? tenant.network.ipv4Subnet,
+          });
         }
-        const others = (await store.listTenants()).filter((t) => t.tenantId !== tenant.tenantId);
-        network = planNetwork(deps, tenant.tenantId, others, {
-          netId: input.network.netId ?? tenant.network.netId,
-          ipv4Subnet: input.network.ipv4Subnet ?? tenant.network.ipv4Subnet,
-        });
-      }
-      const labels = { ...tenant.labels };
-      for (const [k, v] of Object.entries(input.labels ?? {})) {
-        if (v === null) delete labels[k];
-        else labels[k] = v;
-      }
-      const updated: Tenant = {
-        ...tenant,
-        quotas: { ...tenant.quotas, ...input.quotas },
-        labels,
-        network,
-        updatedAt: timestamp(deps.clock),
-      };
-      await store.putTenant(updated);
-      return updated;
-    }),
-  );
+        const labels = { ...tenant.labels };
+        for (const [k, v] of Object.entries(input.labels ?? {})) {
+          if (v === null) delete labels[k];
+          else labels[k] = v;
+        }
+        const updated: Tenant = {
+          ...tenant,
+          quotas: { ...tenant.quotas, ...input.quotas },
+          labels,
+          network,
+          updatedAt: timestamp(deps.clock),
+        };
+        await store.putTenant(updated);
+        return updated;
+      }),
+    );
+  });
 }
 
 export interface DestroyTenantInput {
@@ -194,21 +199,23 @@ export interface DestroyTenantInput {
 }
 
 export async function destroyTenant(deps: RecordDeps, input: DestroyTenantInput): Promise<Tenant> {
-  const violations = idViolations(input.tenantId, "tenant_id");
-  if (violations.length > 0) throw invalid(violations);
-  const { store } = deps;
-  return store.withNodeLock(() =>
-    store.withTenantLock(input.tenantId, async () => {
-      const tenant = await store.getTenant(input.tenantId);
-      if (!tenant) throw notFound(`tenant ${input.tenantId}`);
-      const pools = await store.listPools(tenant.tenantId);
-      if (pools.length > 0 && !input.force) {
-        throw failedPrecondition(
-          `tenant ${tenant.tenantId} still has pools (${pools.map((p) => p.poolId).join(", ")}): destroy them first, or pass --force`,
-        );
-      }
-      await store.deleteTenant(tenant.tenantId);
-      return tenant;
-    }),
-  );
+  return audited(deps, { tenantId: input.tenantId, action: "tenant_delete", target: input.tenantId, successLog: "node" }, async () => {
+    const violations = idViolations(input.tenantId, "tenant_id");
+    if (violations.length > 0) throw invalid(violations);
+    const { store } = deps;
+    return store.withNodeLock(() =>
+      store.withTenantLock(input.tenantId, async () => {
+        const tenant = await store.getTenant(input.tenantId);
+        if (!tenant) throw notFound(`tenant ${input.tenantId}`);
+        const pools = await store.listPools(tenant.tenantId);
+        if (pools.length > 0 && !input.force) {
+          throw failedPrecondition(
+            `tenant ${tenant.tenantId} still has pools (${pools.map((p) => p.poolId).join(", ")}): destroy them first, or pass --force`,
+          );
+        }
+        await store.deleteTenant(tenant.tenantId);
+        return tenant;
+      }),
+    );
+  });
 }
