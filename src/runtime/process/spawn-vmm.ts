@@ -1,0 +1,172 @@
+// Starts a VMM as a long-lived process that outlives whoever started it (a CLI run, an agent that restarts): its own
+// session, stdin from /dev/null, stdout and stderr appended to a log file, not waited for.
+//
+// Placement happens before the VMM runs any code of its own: a tiny fixed shell script writes its own pid into each
+// cgroup.procs file and then execs the VMM, so the VMM starts inside its groups (SPEC §6.4). The network namespace is
+// entered after that, with `ip netns exec`, because entering it remounts /sys and hides /sys/fs/cgroup. exec keeps
+// the pid at every step (sh → ip → VMM), so the pid returned here is the VMM's.
+
+import { spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
+import { closeSync, openSync } from "node:fs";
+import { readFile, realpath } from "node:fs/promises";
+import { isAbsolute } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { MvmError, invalidField } from "../../core/errors.js";
+import { writeFileAtomic } from "../store/atomic-file.js";
+import { errnoCode } from "../store/process-identity.js";
+import { readProcExe, readProcStartTime } from "./proc-stat.js";
+
+/**
+ * Run as `sh -c SCRIPT sh <procs file>... -- <argv>...`. It never interpolates anything: paths and the command only
+ * ever arrive as positional parameters. Exit status 125 means a cgroup could not be joined (nothing was exec'd).
+ */
+export const JOIN_CGROUPS_THEN_EXEC_SCRIPT = [
+  'while [ "$#" -gt 0 ]; do',
+  '  if [ "$1" = "--" ]; then shift; exec "$@"; fi',
+  '  echo "$$" > "$1" || exit 125',
+  "  shift",
+  "done",
+  'echo "launcher: no command after --" >&2',
+  "exit 125",
+].join("\n");
+
+const SHELL = "/bin/sh";
+const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const DEFAULT_START_TIMEOUT_MS = 5_000;
+const EXEC_POLL_MS = 2;
+const LOG_TAIL_BYTES = 2_048;
+
+export interface SpawnVmmOptions {
+  /**
+   * The VMM program and its arguments; a bare program name is looked up on PATH. The program must not be /bin/sh
+   * itself: the exec out of the launcher is recognised by the executable changing.
+   */
+  argv: readonly string[];
+  /** Network namespace the VMM runs in (entered after the cgroups are joined); null keeps the current one. */
+  netns: string | null;
+  /** Absolute `cgroup.procs` paths the process joins before it execs the VMM. May be empty. */
+  cgroupProcsFiles: readonly string[];
+  /** Receives the VMM's stdout and stderr (appended, created 0600). */
+  logFile: string;
+  /** Written with `<pid> <start time>` once the process runs. */
+  pidFile: string;
+  /** Working directory of the VMM. */
+  cwd: string;
+  /** How long the launcher may take to join the cgroups and exec, ms. Default 5000. */
+  startTimeoutMs?: number;
+  /** The `ip` program used to enter the namespace. Default `ip` (looked up on PATH). */
+  ipBinary?: string;
+}
+
+export interface SpawnedVmm {
+  pid: number;
+  /** Field 22 of /proc/PID/stat. */
+  startTime: number;
+}
+
+/** Full argv of the launcher: the fixed script, the procs files as parameters, `--`, then the command to exec. */
+export function vmmLauncherArgv(options: Pick<SpawnVmmOptions, "argv" | "netns" | "cgroupProcsFiles" | "ipBinary">): string[] {
+  if (options.argv.length === 0 || options.argv[0] === "") throw invalidField("argv", "must name a program");
+  for (const [i, file] of options.cgroupProcsFiles.entries()) {
+    if (!isAbsolute(file)) throw invalidField(`cgroup_procs_files[${i}]`, "must be an absolute path");
+  }
+  if (options.netns !== null && !/^[A-Za-z0-9_.-]{1,64}$/.test(options.netns)) {
+    throw invalidField("netns", "must be 1-64 characters of [A-Za-z0-9_.-]");
+  }
+  const command = options.netns === null ? [...options.argv] : [options.ipBinary ?? "ip", "netns", "exec", options.netns, ...options.argv];
+  return [SHELL, "-c", JOIN_CGROUPS_THEN_EXEC_SCRIPT, "sh", ...options.cgroupProcsFiles, "--", ...command];
+}
+
+/**
+ * Starts the VMM and returns once it runs inside its cgroups (the launcher has exec'd). On failure the launcher has
+ * already exited and the error carries the end of the log.
+ */
+export async function spawnVmm(options: SpawnVmmOptions): Promise<SpawnedVmm> {
+  const [program, ...args] = vmmLauncherArgv(options);
+  const shellExe = await realpath(SHELL);
+  const logFd = openSync(options.logFile, "a", 0o600);
+  let child: ChildProcess;
+  try {
+    child = spawn(program as string, args, {
+      cwd: options.cwd,
+      detached: true,
+      stdio: ["ignore", logFd, logFd],
+      // The VMM needs nothing from the caller's environment, which may hold credentials.
+      env: { PATH: process.env.PATH ?? DEFAULT_PATH },
+    });
+  } finally {
+    closeSync(logFd);
+  }
+  const exit = watchExit(child);
+  try {
+    await started(child);
+  } catch (e) {
+    throw new MvmError("unavailable", `starting vmm: ${describe(e)}`, [], { cause: e });
+  }
+  child.unref();
+  const pid = child.pid as number;
+
+  const deadline = Date.now() + (options.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS);
+  let startTime: number | null = null;
+  for (;;) {
+    const exited = exit.status();
+    if (exited !== null) {
+      throw new MvmError("unavailable", `starting vmm: launcher exited (${exited}) before the vmm ran: ${await logTail(options.logFile)}`);
+    }
+    startTime ??= await readProcStartTime(pid);
+    const exe = await readProcExe(pid);
+    if (startTime !== null && exe !== null && exe !== shellExe) break;
+    if (Date.now() > deadline) {
+      // Through the child handle: Node refuses to signal a child it has already reaped, so no recycled pid is hit.
+      child.kill("SIGKILL");
+      throw new MvmError("unavailable", `starting vmm: launcher did not exec within the start timeout: ${await logTail(options.logFile)}`);
+    }
+    await sleep(EXEC_POLL_MS);
+  }
+  await writeFileAtomic(options.pidFile, `${pid} ${startTime}\n`, { mode: 0o600 });
+  return { pid, startTime };
+}
+
+/** The pid and start time a pid file written by `spawnVmm` holds, or null when it is missing or malformed. */
+export async function readVmmPidFile(path: string): Promise<SpawnedVmm | null> {
+  let text: string;
+  try {
+    text = await readFile(path, "utf8");
+  } catch (e) {
+    if (errnoCode(e) === "ENOENT") return null;
+    throw e;
+  }
+  const m = /^([1-9][0-9]*) ([0-9]+)\n?$/.exec(text);
+  if (m === null) return null;
+  return { pid: Number(m[1]), startTime: Number(m[2]) };
+}
+
+function watchExit(child: ChildProcess): { status(): string | null } {
+  let status: string | null = null;
+  child.once("exit", (code, signal) => {
+    status = signal !== null ? `signal ${signal}` : `status ${code}`;
+  });
+  return { status: () => status };
+}
+
+function started(child: ChildProcess): Promise<void> {
+  return new Promise((resolve, reject) => {
+    child.once("spawn", () => resolve());
+    child.once("error", reject);
+  });
+}
+
+async function logTail(path: string): Promise<string> {
+  try {
+    const text = await readFile(path, "utf8");
+    const tail = text.slice(-LOG_TAIL_BYTES).trim();
+    return tail === "" ? "(log empty)" : tail;
+  } catch {
+    return "(log unreadable)";
+  }
+}
+
+function describe(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}

@@ -1,0 +1,280 @@
+// The QEMU adapter of the `Vmm` port (SPEC §6.1): `qemu-system-x86_64 -M microvm`, KVM when a probe shows it works,
+// TCG otherwise; controlled over QMP; a guest is up when its init reports ready on the serial console.
+
+import { chmod, mkdir, open, writeFile } from "node:fs/promises";
+import { execa } from "execa";
+import type { VmLaunchSpec, Vmm, VmmCapabilities, VmmProcess } from "../../core/data-plane-ports.js";
+import { MvmError, failedPrecondition } from "../../core/errors.js";
+import { isSameProcess } from "../process/proc-stat.js";
+import { readVmmPidFile, spawnVmm } from "../process/spawn-vmm.js";
+import { terminateProcess, waitForProcessExit } from "../process/terminate.js";
+import { unlinkIfPresent } from "../store/atomic-file.js";
+import { waitForGuestReady } from "./guest-ready.js";
+import { probeKvmCached, readHostTscKhz } from "./kvm-probe.js";
+import type { KvmProbeResult } from "./kvm-probe.js";
+import { buildQemuArgv, qemuRunFiles } from "./qemu-command.js";
+import type { QemuAccel } from "./qemu-command.js";
+import { QmpClient, withQmp } from "./qmp-client.js";
+
+export interface QemuVmmOptions {
+  /** QEMU binary, looked up on PATH unless absolute. Default `qemu-system-x86_64`. */
+  binary?: string;
+  /** `kvm` requires a KVM that passes the probe; `auto` falls back to TCG when it does not. Default `auto`. */
+  accel?: "auto" | "kvm" | "tcg";
+  /** `ip` binary used to enter a network namespace. Default `ip`. */
+  ipBinary?: string;
+  /** Time a QMP command may take, ms. Default 5000. */
+  qmpTimeoutMs?: number;
+  /** Run QEMU under its seccomp sandbox; turn off only for a QEMU built without seccomp. Default true. */
+  seccompSandbox?: boolean;
+}
+
+const DEFAULT_BINARY = "qemu-system-x86_64";
+const DEFAULT_QMP_TIMEOUT_MS = 5_000;
+/** How long the process may take to exit after `quit`, ms. */
+const QUIT_WAIT_MS = 3_000;
+const EXIT_WATCH_POLL_MS = 50;
+const LOG_TAIL_LINES = 15;
+const LOG_TAIL_BYTES = 4_096;
+
+export function createQemuVmm(options: QemuVmmOptions = {}): Vmm {
+  const binary = options.binary ?? DEFAULT_BINARY;
+  const accelChoice = options.accel ?? "auto";
+  const qmpTimeoutMs = options.qmpTimeoutMs ?? DEFAULT_QMP_TIMEOUT_MS;
+  const probe = (): Promise<KvmProbeResult> => probeKvmCached({ binary });
+  const qmp = { connectTimeoutMs: qmpTimeoutMs, commandTimeoutMs: qmpTimeoutMs };
+
+  async function chooseAccel(): Promise<QemuAccel> {
+    if (accelChoice === "tcg") return "tcg";
+    const kvm = await probe();
+    if (kvm.usable) return "kvm";
+    if (accelChoice === "kvm") throw new MvmError("unavailable", `accel: kvm was required but is not usable: ${kvm.reason}`);
+    return "tcg";
+  }
+
+  async function boot(spec: VmLaunchSpec): Promise<VmmProcess> {
+    const started = Date.now();
+    const accel = await chooseAccel();
+    const hostTscKhz = accel === "tcg" ? await readHostTscKhz() : null;
+    if (accel === "tcg" && hostTscKhz === null) {
+      throw new MvmError("unavailable", "host tsc frequency: no 'cpu MHz' line in /proc/cpuinfo, which tcg guests need");
+    }
+    const argv = buildQemuArgv({ binary, spec, accel, hostTscKhz, seccompSandbox: options.seccompSandbox ?? true });
+    const files = qemuRunFiles(spec.runDir);
+
+    await mkdir(spec.runDir, { recursive: true, mode: 0o700 });
+    await chmod(spec.runDir, 0o700);
+    const previous = await readVmmPidFile(files.launcherPidFile);
+    if (previous !== null && (await isSameProcess(previous.pid, previous.startTime))) {
+      throw failedPrecondition(`instance ${spec.instanceId}: a vmm already runs from ${spec.runDir} (pid ${previous.pid})`);
+    }
+    // The ready line is looked for from the start of the serial log, so nothing of an earlier boot may remain.
+    await unlinkIfPresent(files.serialLog);
+    await unlinkIfPresent(files.qmpSocket);
+    await writeFile(files.vmmLog, "", { mode: 0o600 });
+
+    const spawned = await spawnVmm({
+      argv,
+      netns: spec.netns,
+      cgroupProcsFiles: spec.cgroupProcsFiles,
+      logFile: files.vmmLog,
+      pidFile: files.launcherPidFile,
+      cwd: spec.runDir,
+      ...(options.ipBinary === undefined ? {} : { ipBinary: options.ipBinary }),
+    }).catch((e) => {
+      throw wrap(e, `booting ${spec.instanceId} (${accel})`);
+    });
+    const vmm: VmmProcess = {
+      hypervisor: "qemu",
+      pid: spawned.pid,
+      pidStartTime: spawned.startTime,
+      apiSocket: files.qmpSocket,
+      serialLog: files.serialLog,
+    };
+
+    const deadline = started + spec.bootTimeoutMs;
+    const exitWatch = watchForExit(vmm);
+    try {
+      const client = await QmpClient.connect(files.qmpSocket, {
+        connectTimeoutMs: Math.max(1, deadline - Date.now()),
+        commandTimeoutMs: qmpTimeoutMs,
+        signal: exitWatch.signal,
+      });
+      await client.close();
+      const outcome = await waitForGuestReady(files.serialLog, spec.instanceId, { deadline, signal: exitWatch.signal });
+      if (outcome.kind === "ready") return vmm;
+      const why =
+        outcome.kind === "failed"
+          ? `the guest reported failure: ${outcome.line}`
+          : outcome.kind === "aborted"
+            ? "qemu exited before the guest reported ready"
+            : `the guest did not report ready within ${spec.bootTimeoutMs} ms`;
+      throw new MvmError("unavailable", why);
+    } catch (e) {
+      exitWatch.stop();
+      await terminateProcess(vmm.pid, vmm.pidStartTime).catch(() => undefined);
+      const reason =
+        exitWatch.signal.aborted && !(e instanceof MvmError)
+          ? "qemu exited before the guest reported ready"
+          : e instanceof Error
+            ? e.message
+            : String(e);
+      throw new MvmError("unavailable", `booting ${spec.instanceId} (${accel}): ${reason}${await diagnostics(files)}`, [], {
+        cause: e,
+      });
+    } finally {
+      exitWatch.stop();
+    }
+  }
+
+  async function requireAlive(vmm: VmmProcess, action: string): Promise<void> {
+    if (!(await isSameProcess(vmm.pid, vmm.pidStartTime))) {
+      throw failedPrecondition(`${action}: the vmm (pid ${vmm.pid}) is not running`);
+    }
+  }
+
+  async function expectStatus(client: QmpClient, wanted: string): Promise<void> {
+    const status = await client.execute<{ status?: string }>("query-status");
+    if (status.status !== wanted) {
+      throw new MvmError("unavailable", `expected vm status ${wanted}, qemu reports ${status.status ?? "nothing"}`);
+    }
+  }
+
+  async function pause(vmm: VmmProcess): Promise<void> {
+    await requireAlive(vmm, "pause");
+    await withQmp(
+      vmm.apiSocket,
+      async (client) => {
+        await client.execute("stop");
+        await expectStatus(client, "paused");
+      },
+      qmp,
+    ).catch((e) => {
+      throw wrap(e, `pausing vmm pid ${vmm.pid}`);
+    });
+  }
+
+  async function resume(vmm: VmmProcess): Promise<void> {
+    await requireAlive(vmm, "resume");
+    await withQmp(
+      vmm.apiSocket,
+      async (client) => {
+        await client.execute("cont");
+        await expectStatus(client, "running");
+      },
+      qmp,
+    ).catch((e) => {
+      throw wrap(e, `resuming vmm pid ${vmm.pid}`);
+    });
+  }
+
+  async function shutdown(vmm: VmmProcess, timeoutMs: number): Promise<void> {
+    const { pid, pidStartTime } = vmm;
+    if (!(await isSameProcess(pid, pidStartTime))) return;
+    const deadline = Date.now() + Math.max(0, timeoutMs);
+    if (timeoutMs > 0) {
+      // ACPI power button: a guest that handles it syncs and powers off by itself.
+      const asked = await withQmp(vmm.apiSocket, (client) => client.execute("system_powerdown"), {
+        connectTimeoutMs: Math.min(qmpTimeoutMs, timeoutMs),
+        commandTimeoutMs: Math.min(qmpTimeoutMs, timeoutMs),
+      }).then(
+        () => true,
+        () => false,
+      );
+      if (asked && (await waitForProcessExit(pid, pidStartTime, deadline - Date.now()))) return cleanUp(vmm);
+    }
+    if (await isSameProcess(pid, pidStartTime)) {
+      // `quit` makes QEMU flush its disks and exit; the answer may be lost when it closes the socket first.
+      await withQmp(vmm.apiSocket, (client) => client.execute("quit"), qmp).catch(() => undefined);
+      if (await waitForProcessExit(pid, pidStartTime, QUIT_WAIT_MS)) return cleanUp(vmm);
+    }
+    await terminateProcess(pid, pidStartTime);
+    await cleanUp(vmm);
+  }
+
+  async function capabilities(): Promise<VmmCapabilities> {
+    const notes: string[] = [];
+    const version = await qemuVersion(binary);
+    if (version === null) notes.push(`${binary}: not found or did not answer --version`);
+    const kvm = await probe();
+    if (!kvm.usable) notes.push(`kvm not usable (${kvm.reason}); guests run under tcg, software emulation`);
+    if (accelChoice === "tcg") notes.push("accel: tcg chosen by configuration");
+    return { kind: "qemu", available: version !== null, version, kvmUsable: kvm.usable, diffSnapshots: false, notes };
+  }
+
+  return {
+    kind: "qemu",
+    capabilities,
+    boot,
+    pause,
+    resume,
+    shutdown,
+    isAlive: (vmm) => isSameProcess(vmm.pid, vmm.pidStartTime),
+  };
+}
+
+/** Removes what a QEMU killed by a signal leaves behind; QEMU removes its socket itself on a clean exit. */
+async function cleanUp(vmm: VmmProcess): Promise<void> {
+  await unlinkIfPresent(vmm.apiSocket).catch(() => undefined);
+}
+
+/** An AbortSignal that fires once the VMM is gone; stop() ends the polling. */
+function watchForExit(vmm: VmmProcess): { signal: AbortSignal; stop(): void } {
+  const controller = new AbortController();
+  let stopped = false;
+  const poll = async (): Promise<void> => {
+    while (!stopped) {
+      if (!(await isSameProcess(vmm.pid, vmm.pidStartTime))) {
+        controller.abort();
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, EXIT_WATCH_POLL_MS));
+    }
+  };
+  void poll().catch(() => controller.abort());
+  return {
+    signal: controller.signal,
+    stop: () => {
+      stopped = true;
+    },
+  };
+}
+
+async function qemuVersion(binary: string): Promise<string | null> {
+  try {
+    const result = await execa(binary, ["--version"], { timeout: 5_000, reject: false, stdin: "ignore" });
+    if (result.exitCode !== 0) return null;
+    return /version ([0-9]+\.[0-9]+(?:\.[0-9]+)?)/.exec(result.stdout)?.[1] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+async function diagnostics(files: { serialLog: string; vmmLog: string }): Promise<string> {
+  return `\nserial console (last lines):\n${await tail(files.serialLog)}\nqemu log (last lines):\n${await tail(files.vmmLog)}`;
+}
+
+async function tail(path: string): Promise<string> {
+  try {
+    const handle = await open(path, "r");
+    let text: string;
+    try {
+      const { size } = await handle.stat();
+      const start = Math.max(0, size - LOG_TAIL_BYTES);
+      const buffer = Buffer.alloc(size - start);
+      await handle.read(buffer, 0, buffer.length, start);
+      text = buffer.toString("utf8");
+    } finally {
+      await handle.close();
+    }
+    const lines = text.split("\n").map((l) => l.replace(/\r$/, "")).filter((l) => l.trim() !== "");
+    return lines.length === 0 ? "  (empty)" : lines.slice(-LOG_TAIL_LINES).map((l) => `  ${l}`).join("\n");
+  } catch {
+    return "  (missing)";
+  }
+}
+
+function wrap(e: unknown, context: string): MvmError {
+  if (e instanceof MvmError) return new MvmError(e.kind, `${context}: ${e.message}`, e.violations, { cause: e });
+  return new MvmError("unavailable", `${context}: ${e instanceof Error ? e.message : String(e)}`, [], { cause: e });
+}

@@ -1,0 +1,225 @@
+// The VMM launcher with real processes (node and sleep stand in for QEMU): procs files joined before exec, arguments
+// and paths passed literally, detached from the caller, and surviving the caller's exit.
+
+import { execFile } from "node:child_process";
+import { mkdir, mkdtemp, readFile, readdir, readlink, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { MvmError } from "../../../src/core/errors.js";
+import { isSameProcess, readProcStartTime } from "../../../src/runtime/process/proc-stat.js";
+import {
+  JOIN_CGROUPS_THEN_EXEC_SCRIPT,
+  readVmmPidFile,
+  spawnVmm,
+  vmmLauncherArgv,
+} from "../../../src/runtime/process/spawn-vmm.js";
+import { signalProcess, terminateProcess, waitForProcessExit } from "../../../src/runtime/process/terminate.js";
+import { transpileModules } from "../../helpers/transpile.js";
+
+const run = promisify(execFile);
+
+let dir: string;
+const spawned: Array<{ pid: number; startTime: number }> = [];
+
+beforeEach(async () => {
+  dir = await mkdtemp(join(tmpdir(), "mvm-spawn-"));
+});
+
+afterEach(async () => {
+  for (const p of spawned.splice(0)) await terminateProcess(p.pid, p.startTime, { termGraceMs: 500 });
+  await rm(dir, { recursive: true, force: true });
+});
+
+/** A node program that records its arguments in `out`, prints to both streams, then idles. */
+const RECORDER = [
+  "const fs = require('node:fs');",
+  "fs.writeFileSync(process.argv[1], JSON.stringify(process.argv.slice(2)));",
+  "console.log('to stdout'); console.error('to stderr');",
+  "setInterval(() => {}, 1000);",
+].join(" ");
+
+async function waitForFile(path: string): Promise<string> {
+  for (let i = 0; i < 200; i++) {
+    const text = await readFile(path, "utf8").catch(() => null);
+    if (text) return text;
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  throw new Error(`${path} never appeared`);
+}
+
+describe("vmmLauncherArgv", () => {
+  it("passes procs files and the command as positional parameters of a fixed script", () => {
+    const argv = vmmLauncherArgv({ argv: ["qemu", "-name", "x"], netns: null, cgroupProcsFiles: ["/a/cgroup.procs", "/b $(x)/cgroup.procs"] });
+    expect(argv).toEqual(["/bin/sh", "-c", JOIN_CGROUPS_THEN_EXEC_SCRIPT, "sh", "/a/cgroup.procs", "/b $(x)/cgroup.procs", "--", "qemu", "-name", "x"]);
+    const other = vmmLauncherArgv({ argv: ["other"], netns: "ns1", cgroupProcsFiles: [] });
+    expect(other[2]).toBe(JOIN_CGROUPS_THEN_EXEC_SCRIPT);
+    expect(JOIN_CGROUPS_THEN_EXEC_SCRIPT).not.toContain("qemu");
+  });
+
+  it("enters the namespace with ip netns exec, after the cgroups", () => {
+    const argv = vmmLauncherArgv({ argv: ["qemu"], netns: "mvm-data", cgroupProcsFiles: ["/c/cgroup.procs"], ipBinary: "/sbin/ip" });
+    expect(argv.slice(4)).toEqual(["/c/cgroup.procs", "--", "/sbin/ip", "netns", "exec", "mvm-data", "qemu"]);
+  });
+
+  it("refuses relative procs files, odd namespace names and an empty command", () => {
+    expect(() => vmmLauncherArgv({ argv: ["q"], netns: null, cgroupProcsFiles: ["cgroup.procs"] })).toThrow(
+      /cgroup_procs_files\[0\]: must be an absolute path/,
+    );
+    expect(() => vmmLauncherArgv({ argv: ["q"], netns: "a b", cgroupProcsFiles: [] })).toThrow(/netns: must be/);
+    expect(() => vmmLauncherArgv({ argv: [], netns: null, cgroupProcsFiles: [] })).toThrow(/argv: must name a program/);
+  });
+});
+
+describe("spawnVmm", () => {
+  it("writes its pid into every procs file before exec, and passes every path and argument literally", async () => {
+    const odd = join(dir, "groups with spaces $(touch PWNED) `touch PWNED2`; x");
+    await mkdir(join(odd, "memory"), { recursive: true });
+    await mkdir(join(odd, "pids"), { recursive: true });
+    const procs = [join(odd, "memory", "cgroup.procs"), join(odd, "pids", "cgroup.procs")];
+    for (const p of procs) await writeFile(p, "");
+    const out = join(dir, "argv $(touch PWNED3).json");
+    const literal = "$(touch PWNED4) `id` ; rm -rf / \"'\\";
+    const log = join(dir, "vmm.log");
+    const pidFile = join(dir, "vmm.pid");
+
+    const result = await spawnVmm({
+      argv: [process.execPath, "-e", RECORDER, out, literal, "--", "two words"],
+      netns: null,
+      cgroupProcsFiles: procs,
+      logFile: log,
+      pidFile,
+      cwd: dir,
+    });
+    spawned.push(result);
+
+    expect(await readProcStartTime(result.pid)).toBe(result.startTime);
+    for (const p of procs) expect(await readFile(p, "utf8")).toBe(`${result.pid}\n`);
+    expect(JSON.parse(await waitForFile(out))).toEqual([literal, "--", "two words"]);
+    expect(await readVmmPidFile(pidFile)).toEqual(result);
+    // Nothing was interpreted by a shell: no file named PWNED* was created, here or in the test's directory.
+    const created = [...(await readdir(dir, { recursive: true })), ...(await readdir(process.cwd()))].map(String);
+    expect(created.filter((f) => /(^|\/)PWNED\d?$/.test(f))).toEqual([]);
+  });
+
+  it("detaches the process: own session, stdin from /dev/null, output to the log, working directory as asked", async () => {
+    const log = join(dir, "vmm.log");
+    const cwd = join(dir, "run");
+    await mkdir(cwd);
+    const result = await spawnVmm({
+      argv: [process.execPath, "-e", RECORDER, join(dir, "argv.json")],
+      netns: null,
+      cgroupProcsFiles: [],
+      logFile: log,
+      pidFile: join(dir, "vmm.pid"),
+      cwd,
+    });
+    spawned.push(result);
+    const stat = await readFile(`/proc/${result.pid}/stat`, "utf8");
+    const [, , processGroup, session] = stat.slice(stat.lastIndexOf(")") + 2).split(" ").map(Number);
+    expect(session).toBe(result.pid);
+    expect(processGroup).toBe(result.pid);
+    expect(await readlink(`/proc/${result.pid}/fd/0`)).toBe("/dev/null");
+    expect(await readlink(`/proc/${result.pid}/fd/1`)).toBe(log);
+    expect(await readlink(`/proc/${result.pid}/cwd`)).toBe(cwd);
+    const environ = (await readFile(`/proc/${result.pid}/environ`, "utf8")).split("\0").filter(Boolean);
+    // Only PATH is passed on (the launcher shell adds PWD itself).
+    expect(environ.filter((e) => !e.startsWith("PWD="))).toEqual([`PATH=${process.env.PATH}`]);
+    await waitForFile(join(dir, "argv.json"));
+    for (let i = 0; i < 100 && !(await readFile(log, "utf8")).includes("to stderr"); i++) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    expect(await readFile(log, "utf8")).toMatch(/to stdout\n[\s\S]*to stderr\n|to stderr\n[\s\S]*to stdout\n/);
+  });
+
+  it("fails with the shell's message when a procs file cannot be written, running nothing", async () => {
+    const marker = join(dir, "ran");
+    const error = await spawnVmm({
+      argv: ["/bin/touch", marker],
+      netns: null,
+      cgroupProcsFiles: [join(dir, "no-such-group", "cgroup.procs")],
+      logFile: join(dir, "vmm.log"),
+      pidFile: join(dir, "vmm.pid"),
+      cwd: dir,
+    }).then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(MvmError);
+    expect((error as Error).message).toMatch(/launcher exited \(status 125\) before the vmm ran: .*no-such-group\/cgroup\.procs/);
+    expect(await readFile(marker).then(() => true, () => false)).toBe(false);
+    expect(await readVmmPidFile(join(dir, "vmm.pid"))).toBeNull();
+  });
+
+  it("fails when the program does not exist", async () => {
+    await expect(
+      spawnVmm({
+        argv: [join(dir, "no-such-qemu")],
+        netns: null,
+        cgroupProcsFiles: [],
+        logFile: join(dir, "vmm.log"),
+        pidFile: join(dir, "vmm.pid"),
+        cwd: dir,
+      }),
+    ).rejects.toThrow(/launcher exited \(status 127\) before the vmm ran: .*no-such-qemu/);
+  });
+
+  it("leaves a process that outlives the program that started it", async () => {
+    await mkdir(join(dir, "js"));
+    const modules = await transpileModules(["src/runtime/process/spawn-vmm.ts"], join(dir, "js"));
+    const starter = join(dir, "starter.mjs");
+    await writeFile(
+      starter,
+      [
+        `import { spawnVmm } from ${JSON.stringify(modules.urlOf("src/runtime/process/spawn-vmm.ts"))};`,
+        `const r = await spawnVmm({ argv: ["sleep", "60"], netns: null, cgroupProcsFiles: [], logFile: ${JSON.stringify(join(dir, "l"))}, pidFile: ${JSON.stringify(join(dir, "p"))}, cwd: ${JSON.stringify(dir)} });`,
+        "console.log(JSON.stringify({ ...r, parent: process.pid }));",
+      ].join("\n"),
+    );
+    // The starter must exit on its own: a handle kept on the child would hold it open.
+    const { stdout } = await run(process.execPath, [starter], { timeout: 10_000 });
+    const started = JSON.parse(stdout) as { pid: number; startTime: number; parent: number };
+    spawned.push(started);
+    expect(await readProcStartTime(started.parent)).toBeNull();
+    expect(await isSameProcess(started.pid, started.startTime)).toBe(true);
+    const stat = await readFile(`/proc/${started.pid}/stat`, "utf8");
+    expect(Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1])).not.toBe(started.parent);
+  });
+});
+
+describe("terminate", () => {
+  it("escalates to SIGKILL for a process that ignores SIGTERM", async () => {
+    const result = await spawnVmm({
+      argv: [process.execPath, "-e", "process.on('SIGTERM', () => {}); setInterval(() => {}, 1000);"],
+      netns: null,
+      cgroupProcsFiles: [],
+      logFile: join(dir, "vmm.log"),
+      pidFile: join(dir, "vmm.pid"),
+      cwd: dir,
+    });
+    spawned.push(result);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(await waitForProcessExit(result.pid, result.startTime, 50)).toBe(false);
+    const t0 = Date.now();
+    await terminateProcess(result.pid, result.startTime, { termGraceMs: 300 });
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(280);
+    expect(await isSameProcess(result.pid, result.startTime)).toBe(false);
+    await terminateProcess(result.pid, result.startTime);
+  });
+
+  it("never signals a pid whose start time differs", async () => {
+    const result = await spawnVmm({
+      argv: ["sleep", "60"],
+      netns: null,
+      cgroupProcsFiles: [],
+      logFile: join(dir, "vmm.log"),
+      pidFile: join(dir, "vmm.pid"),
+      cwd: dir,
+    });
+    spawned.push(result);
+    expect(await signalProcess(result.pid, result.startTime + 1, "SIGKILL")).toBe(false);
+    await terminateProcess(result.pid, result.startTime + 1);
+    expect(await isSameProcess(result.pid, result.startTime)).toBe(true);
+  });
+});
