@@ -67,7 +67,7 @@ export interface AuditEntry extends AuditRecord {
   /** 1-based, per tenant, without gaps. */
   seq: number;
   at: Timestamp;
-  /** Hash of the previous entry ("" for the first). */
+  /** Hash of the previous entry (64 zeros for the first, as `mvm.v1.AuditEntry.prev_hash` says). */
   prevHash: string;
   /** sha256 hex over the canonical JSON of this entry without `hash`. */
   hash: string;

@@ -153,7 +153,24 @@ export class FsStore implements Store {
   /** Idempotent: deleting an absent tenant does nothing. */
   async deleteTenant(tenantId: string): Promise<void> {
     assertId(tenantId, "tenant_id");
+    await this.archiveAuditLog(tenantId);
     await this.deleteDir(["tenants"], tenantId);
+  }
+
+  /**
+   * A deleted tenant's audit trail outlives it (SPEC §10.3: the log is append-only and tamper-evident): it moves to
+   * `audit/deleted-tenants/<tenant>-<time>.log` before the tenant directory goes.
+   */
+  private async archiveAuditLog(tenantId: string): Promise<void> {
+    const log = this.path("tenants", tenantId, "audit.log");
+    const archiveDir = this.path("audit", "deleted-tenants");
+    await mkdir(archiveDir, { recursive: true, mode: DIR_MODE });
+    const stamp = new Date().toISOString().replace(/[:.]/g, "-");
+    try {
+      await rename(log, join(archiveDir, `${tenantId}-${stamp}.log`));
+    } catch (error) {
+      if (errnoCode(error) !== "ENOENT") throw error;
+    }
   }
 
   /** The key may be written before tenant.json (tenant creation needs the public key for the record). */
