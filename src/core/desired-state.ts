@@ -29,7 +29,7 @@ import type {
   TenantQuota,
 } from "./model.js";
 import { bridgeName, netIdViolations } from "./naming.js";
-import { cidrsOverlap, cidrViolations, gatewayAddress, parseCidr } from "./subnet.js";
+import { cidrsOverlap, cidrViolations, formatCidr, gatewayAddress, parseCidr } from "./subnet.js";
 import type { Cidr } from "./subnet.js";
 import {
   booleanViolations,
@@ -619,14 +619,9 @@ function tenantsDisjoint(tenants: readonly TenantDraft[], violations: FieldViola
           rule: `overlaps ${clash.path}.network.ipv4_subnet (${clash.text})`,
         });
       }
-      subnets.push({ subnet, path: t.path, text: `${formatSubnet(subnet)}` });
+      subnets.push({ subnet, path: t.path, text: formatCidr(subnet) });
     }
   }
-}
-
-function formatSubnet(c: Cidr): string {
-  const n = c.network;
-  return `${n >>> 24}.${(n >>> 16) & 0xff}.${(n >>> 8) & 0xff}.${n & 0xff}/${c.prefixLen}`;
 }
 
 /**
