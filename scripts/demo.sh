@@ -6,7 +6,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 root=$(mvm_root)
 cd "$root"
 
-mvm_apt_install ca-certificates
+mvm_apt_install "${MVM_HOST_PACKAGES[@]}"
 mvm_require_node
 mvm_npm_install
 mvm_build

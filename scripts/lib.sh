@@ -37,4 +37,12 @@ mvm_npm_install() {
   fi
 }
 
+# What a host needs to run microVMs with mvm (SPEC §6; docs/guest-contract.md for the image builder's part).
+MVM_HOST_PACKAGES=(
+  ca-certificates qemu-system-x86 qemu-utils busybox-static cpio lz4 zstd e2fsprogs mmdebstrap
+  dropbear-bin openssh-client nftables iptables iproute2 kmod
+)
+# Extra packages the tests use: real gRPC clients for interop, curl for the Connect protocol, git for buf breaking.
+MVM_TEST_PACKAGES=(git curl python3-grpcio)
+
 mvm_build() { (cd "$(mvm_root)" && npx tsc -p tsconfig.build.json); }

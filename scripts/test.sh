@@ -5,7 +5,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 root=$(mvm_root)
 cd "$root"
 
-mvm_apt_install ca-certificates openssh-client git
+mvm_apt_install "${MVM_HOST_PACKAGES[@]}" "${MVM_TEST_PACKAGES[@]}"
 mvm_require_node
 mvm_npm_install
 

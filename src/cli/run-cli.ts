@@ -4,11 +4,13 @@ import yargs, { type Argv } from "yargs";
 import { isMvmError } from "../core/errors.js";
 import { DEFAULT_NETWORK_POOL, DEFAULT_TENANT_PREFIX } from "../core/subnet.js";
 import type { RecordDeps } from "../core/use-cases/deps.js";
+import { FsAuditLog } from "../runtime/audit/fs-audit-log.js";
 import { createEd25519KeyGenerator } from "../runtime/ssh/ed25519-key-generator.js";
 import { resolveDataRoot } from "../runtime/store/data-root.js";
 import { FsStore } from "../runtime/store/fs-store.js";
 import { createRandomIds } from "../runtime/system/random-ids.js";
 import { createSystemClock } from "../runtime/system/system-clock.js";
+import { registerAuditCommands } from "./commands/audit.js";
 import { registerCertsCommands } from "./commands/certs.js";
 import { registerDesiredCommands } from "./commands/desired.js";
 import { registerInstanceCommands } from "./commands/instance.js";
@@ -46,6 +48,8 @@ function createContext(io: CliIo): CliContext {
             cidr: io.env.MVM_NETWORK_POOL ?? DEFAULT_NETWORK_POOL,
             prefixLen: DEFAULT_TENANT_PREFIX,
           },
+          audit: new FsAuditLog(dataRoot),
+          actor: { kind: "local" as const, id: `local:uid=${process.getuid?.() ?? "unknown"}` },
         };
       })();
       return opened;
@@ -85,6 +89,7 @@ export function buildParser(argv: string[], ctx: CliContext): Argv<GlobalOptions
   parser = registerInstanceCommands(parser, ctx);
   parser = registerNodeCommands(parser, ctx);
   parser = registerDesiredCommands(parser, ctx);
+  parser = registerAuditCommands(parser, ctx);
   parser = parser.command("agent", "the node agent: certificates", (y) =>
     registerCertsCommands(y, ctx).demandCommand(1, "agent: a subcommand is required (certs)"),
   );

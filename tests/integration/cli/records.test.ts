@@ -5,6 +5,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { fingerprint, runMvm, tempDataDir, type CliResult } from "../../helpers/mvm-cli.js";
 
 let data: ReturnType<typeof tempDataDir>;
+/** A refusal by quota is audited (SPEC §10.3); everything else must stay as it was. */
+const withoutAuditLogs = (f: Record<string, string>) =>
+  Object.fromEntries(Object.entries(f).filter(([path]) => !/audit\.log(\.lock)?$/.test(path)));
 const mvm = (...args: string[]): CliResult => runMvm(args, { dataDir: data.path });
 const json = <T>(r: CliResult): T => {
   expect(r.stderr).toBe("");
@@ -120,7 +123,12 @@ describe("quotas", () => {
     expect(r.code).toBe(6);
     expect(r.stderr.trim()).toMatch(/^mvm: .*max_pools.*1/);
     expect(r.stderr.trim().split("\n")).toHaveLength(1);
-    expect(fingerprint(data.path)).toEqual(before);
+    expect(withoutAuditLogs(fingerprint(data.path))).toEqual(withoutAuditLogs(before));
+    const audit = JSON.parse(mvm("audit", "tail", "small", "-o", "json").stdout) as Array<{ action: string; outcome: string }>;
+    expect(audit.slice(-2).map((e) => [e.action, e.outcome])).toEqual([
+      ["pool_create", "failure"],
+      ["quota_reject", "denied"],
+    ]);
   });
 
   it("enforces max_instances_per_pool at instance create", () => {
@@ -130,7 +138,7 @@ describe("quotas", () => {
     const r = mvm("instance", "create", "small/one");
     expect(r.code).toBe(6);
     expect(r.stderr).toMatch(/max_instances_per_pool/);
-    expect(fingerprint(data.path)).toEqual(before);
+    expect(withoutAuditLogs(fingerprint(data.path))).toEqual(withoutAuditLogs(before));
   });
 
   it("refuses desired counts above the quota", () => {
