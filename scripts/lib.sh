@@ -37,11 +37,8 @@ mvm_npm_install() {
   fi
 }
 
-# What a host needs to run microVMs with mvm (SPEC §6; docs/guest-contract.md for the image builder's part).
-MVM_HOST_PACKAGES=(
-  ca-certificates qemu-system-x86 qemu-utils busybox-static cpio lz4 zstd e2fsprogs mmdebstrap
-  dropbear-bin openssh-client nftables iptables iproute2 kmod
-)
+# What a host needs to run microVMs with mvm: one list, shared with `mvm bootstrap`.
+mapfile -t MVM_HOST_PACKAGES < <(grep -v '^#' "$(mvm_root)/packaging/debian-host-packages.txt" | grep -v '^$')
 # Extra packages the tests use: real gRPC clients for interop, curl for the Connect protocol, git for buf breaking.
 MVM_TEST_PACKAGES=(git curl python3-grpcio)
 

@@ -17,6 +17,8 @@ export function parseOutputFormat(value: unknown): OutputFormat {
 export interface Column<T> {
   header: string;
   cell: (row: T) => string | number | boolean | null | undefined;
+  /** Wrap the column's text at this many characters (long free-text columns). */
+  maxWidth?: number;
 }
 
 const PLAIN_STYLE = { head: [] as string[], border: [] as string[] };
@@ -36,7 +38,12 @@ function serialise(data: unknown, format: "json" | "yaml"): string {
 export function renderList<T>(rows: readonly T[], columns: readonly Column<T>[], format: OutputFormat): string {
   if (format !== "table") return serialise(rows, format);
   if (rows.length === 0) return "(none)\n";
-  const table = new Table({ head: columns.map((c) => c.header), style: PLAIN_STYLE });
+  const wraps = columns.some((c) => c.maxWidth !== undefined);
+  const table = new Table({
+    head: columns.map((c) => c.header),
+    style: PLAIN_STYLE,
+    ...(wraps ? { wordWrap: true, colWidths: columns.map((c) => (c.maxWidth === undefined ? null : c.maxWidth + 2)) } : {}),
+  });
   for (const row of rows) table.push(columns.map((c) => cellText(c.cell(row))));
   return `${table.toString()}\n`;
 }

@@ -13,6 +13,7 @@ import { createSystemClock } from "../runtime/system/system-clock.js";
 import { registerAuditCommands } from "./commands/audit.js";
 import { registerCertsCommands } from "./commands/certs.js";
 import { registerDesiredCommands } from "./commands/desired.js";
+import { registerHostCommands } from "./commands/host.js";
 import { registerInstanceCommands } from "./commands/instance.js";
 import { registerNodeCommands } from "./commands/node.js";
 import { registerPoolCommands } from "./commands/pool.js";
@@ -90,6 +91,7 @@ export function buildParser(argv: string[], ctx: CliContext): Argv<GlobalOptions
   parser = registerNodeCommands(parser, ctx);
   parser = registerDesiredCommands(parser, ctx);
   parser = registerAuditCommands(parser, ctx);
+  parser = registerHostCommands(parser, ctx);
   parser = parser.command("agent", "the node agent: certificates", (y) =>
     registerCertsCommands(y, ctx).demandCommand(1, "agent: a subcommand is required (certs)"),
   );
