@@ -1,0 +1,142 @@
+// The cgroups adapter against the host's real cgroupfs (v1 on this project's machines, v2 on most hosts): a real
+// process joins the groups, the kernel confirms it, and removal works once it is gone. Everything lives under a
+// parent group named for this test process, removed in afterAll whatever happens.
+
+import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync, readFileSync, readdirSync, rmdirSync, statSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { isMvmError } from "../../../src/core/errors.js";
+import { cgroupLimitsFor } from "../../../src/runtime/cgroups/cgroup-limits.js";
+import { createCgroups } from "../../../src/runtime/cgroups/linux-cgroups.js";
+
+const ROOT = "/sys/fs/cgroup";
+
+function missingPrerequisite(): string | null {
+  if (process.platform !== "linux") return "not linux";
+  if (process.getuid?.() !== 0) return "needs root to create cgroups";
+  if (existsSync(join(ROOT, "cgroup.controllers"))) {
+    const available = readFileSync(join(ROOT, "cgroup.controllers"), "utf8").split(/\s+/);
+    const lacking = ["memory", "cpu", "pids"].filter((c) => !available.includes(c));
+    return lacking.length === 0 ? null : `cgroup v2 without ${lacking.join(", ")}`;
+  }
+  const lacking = ["memory", "cpu", "pids"].filter((c) => !existsSync(join(ROOT, c)));
+  return lacking.length === 0 ? null : `cgroup v1 without ${lacking.join(", ")}`;
+}
+
+const skipReason = missingPrerequisite();
+if (skipReason !== null) console.log(`skipping cgroup integration tests: ${skipReason}`);
+
+const parent = `mvm-it-${process.pid}`;
+const key = { tenantId: "acme", poolId: "web", instanceId: "i-0123abcd" };
+const children: ChildProcess[] = [];
+
+/** Removes whatever the test left under its parent group, deepest first (cgroupfs rmdir only takes empty groups). */
+function removeTree(dir: string): void {
+  if (!existsSync(dir)) return;
+  for (const entry of readdirSync(dir)) {
+    const path = join(dir, entry);
+    if (statSync(path).isDirectory()) removeTree(path);
+  }
+  rmdirSync(dir);
+}
+
+function hierarchies(): string[] {
+  if (existsSync(join(ROOT, "cgroup.controllers"))) return [ROOT];
+  return ["memory", "cpu", "cpuacct", "pids"].map((c) => join(ROOT, c)).filter((p) => existsSync(p));
+}
+
+function exited(child: ChildProcess): Promise<void> {
+  return child.exitCode !== null || child.signalCode !== null ? Promise.resolve() : new Promise((r) => child.once("exit", () => r()));
+}
+
+/** Joins the groups first, burns a little CPU inside them, then becomes `sleep 30` (how the VMM launcher works). */
+function spawnInGroups(procsFiles: string[]): ChildProcess {
+  const script = 'for f; do echo $$ > "$f" || exit 9; done; i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exec sleep 30';
+  const child = spawn("/bin/sh", ["-c", script, "sh", ...procsFiles], { stdio: "ignore" });
+  children.push(child);
+  return child;
+}
+
+describe.skipIf(skipReason !== null)("cgroups adapter on the host's cgroupfs", () => {
+  afterAll(async () => {
+    for (const child of children) {
+      if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) {
+        process.kill(child.pid, "SIGKILL");
+        await exited(child);
+      }
+    }
+    for (const h of hierarchies()) removeTree(join(h, parent));
+  });
+
+  it("places a real process in the instance's groups with the limits set, and removes them after it exits", async () => {
+    const cg = createCgroups({ parent, removeWaitMs: 300 });
+    const limits = cgroupLimitsFor({ vcpus: 1, memMib: 128 });
+    const { procsFiles } = await cg.ensure(key, limits);
+    expect(procsFiles.length).toBe(cg.version === 2 ? 1 : hierarchies().length);
+    expect(await cg.limits(key)).toEqual(limits);
+
+    const child = spawnInGroups(procsFiles);
+    const pid = child.pid as number;
+    // Wait for the shell to have exec'd sleep: then it is in its groups and has run inside them.
+    const deadline = Date.now() + 5000;
+    while (!readFileSync(`/proc/${pid}/cmdline`, "utf8").startsWith("sleep") && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(readFileSync(`/proc/${pid}/cmdline`, "utf8")).toMatch(/^sleep\0/);
+
+    const membership = readFileSync(`/proc/${pid}/cgroup`, "utf8").trim().split("\n");
+    const groupPath = `/${parent}/acme/web/i-0123abcd`;
+    if (cg.version === 2) {
+      expect(membership).toContain(`0::${groupPath}`);
+    } else {
+      for (const controller of ["memory", "cpu", "pids"]) {
+        expect(membership.some((line) => line.split(":")[1]?.split(",").includes(controller) && line.endsWith(`:${groupPath}`))).toBe(true);
+      }
+    }
+    for (const file of procsFiles) expect(readFileSync(file, "utf8").split("\n")).toContain(String(pid));
+
+    const usage = await cg.usage(key);
+    expect(usage).not.toBeNull();
+    expect(usage!.cpuUsageUs).toBeGreaterThan(0);
+    expect(usage!.memoryBytes).toBeGreaterThan(0);
+
+    // While the process lives, removal waits and then refuses, naming it.
+    const busy = await cg.remove(key).catch((e: unknown) => e);
+    expect(isMvmError(busy) && busy.kind).toBe("failed_precondition");
+    expect((busy as Error).message).toContain(`still holds processes ${pid}`);
+
+    process.kill(pid, "SIGKILL");
+    await exited(child);
+    await cg.remove(key);
+    await cg.remove(key);
+    for (const h of hierarchies()) {
+      expect(existsSync(join(h, parent, "acme"))).toBe(false);
+    }
+    expect(await cg.usage(key)).toBeNull();
+    expect(await cg.limits(key)).toBeNull();
+  });
+
+  it("enforces the pids limit on processes in the group", async () => {
+    const cg = createCgroups({ parent, removeWaitMs: 3000 });
+    // Five background children plus the shell: fine under 64 tasks, a failed fork under 3 (dash then exits 2).
+    const script = 'for f; do echo $$ > "$f" || exit 9; done; for i in 1 2 3 4 5; do sleep 0.5 & done; wait';
+    const outcomes: { exitCode: number | null; stderr: string; events: string }[] = [];
+    for (const [instanceId, pidsMax] of [["i-0000beef", 64], ["i-0000cafe", 3]] as const) {
+      const k = { ...key, instanceId };
+      const { procsFiles } = await cg.ensure(k, { ...cgroupLimitsFor({ vcpus: 1, memMib: 64 }), pidsMax });
+      const child = spawn("/bin/sh", ["-c", script, "sh", ...procsFiles], { stdio: ["ignore", "ignore", "pipe"] });
+      children.push(child);
+      let stderr = "";
+      child.stderr?.on("data", (d: Buffer) => (stderr += d.toString()));
+      await exited(child);
+      const pidsDir = dirname(procsFiles.find((f) => cg.version === 2 || f.startsWith(join(ROOT, "pids"))) as string);
+      outcomes.push({ exitCode: child.exitCode, stderr, events: readFileSync(join(pidsDir, "pids.events"), "utf8").trim() });
+      await cg.remove(k);
+    }
+    expect(outcomes[0]).toEqual({ exitCode: 0, stderr: "", events: "max 0" });
+    expect(outcomes[1]?.exitCode).not.toBe(0);
+    expect(outcomes[1]?.stderr).toMatch(/fork/i);
+    expect(outcomes[1]?.events).not.toBe("max 0");
+  });
+});

@@ -1,0 +1,177 @@
+// The adapter's command sequences, against a scripted runner: which program runs with which arguments, in which
+// namespace, and how answers such as "does not exist" are taken. The real kernel side is in tests/integration.
+import { describe, expect, it } from "vitest";
+import type { TenantNetworkPlan } from "../../../src/core/data-plane-ports.js";
+import { isMvmError } from "../../../src/core/errors.js";
+import type { HostCommandResult, HostCommandRunner } from "../../../src/runtime/exec/host-command.js";
+import { createLinuxNetwork, ensureNetns } from "../../../src/runtime/network/linux-network.js";
+
+interface Call {
+  argv: string[];
+  input?: string;
+}
+
+type Responder = (argv: string[], input?: string) => Partial<HostCommandResult> | undefined;
+
+function scriptedRunner(respond: Responder): { run: HostCommandRunner; calls: Call[] } {
+  const calls: Call[] = [];
+  const run: HostCommandRunner = async (file, args, options) => {
+    const argv = [file, ...args];
+    calls.push(options?.input === undefined ? { argv } : { argv, input: options.input });
+    const r = respond(argv, options?.input) ?? {};
+    return { exitCode: r.exitCode ?? 0, stdout: r.stdout ?? "", stderr: r.stderr ?? "" };
+  };
+  return { run, calls };
+}
+
+const plan: TenantNetworkPlan = {
+  tenantId: "acme",
+  netId: 1,
+  bridgeName: "br-mvm-1",
+  gatewayIp: "10.201.1.1",
+  subnet: "10.201.1.0/24",
+  prefixLen: 24,
+  metadataPort: 8169,
+};
+const tap = { name: "tn1i3", mac: "02:fc:00:01:00:03", guestIp: "10.201.1.3" };
+const bridgeJson = JSON.stringify([{ ifname: "br-mvm-1", flags: ["UP"], linkinfo: { info_kind: "bridge" }, addr_info: [] }]);
+
+const joined = (calls: Call[]) => calls.map((c) => c.argv.join(" "));
+
+describe("linux network adapter (scripted commands)", () => {
+  it("works inside the namespace: ip -n for links, ip netns exec for nft and sysctl", async () => {
+    const { run, calls } = scriptedRunner((argv) => {
+      if (argv.join(" ") === "ip netns list") return { stdout: "dp (id: 0)\nother\n" };
+      if (argv.includes("addr") && argv.includes("show")) return { stdout: "[]" };
+      return undefined;
+    });
+    const net = createLinuxNetwork({ netns: "dp", run });
+    expect(net.netns).toBe("dp");
+    await net.ensureTenant(plan);
+    expect(joined(calls)).toEqual([
+      "ip netns list",
+      "ip -n dp -d -j addr show",
+      "ip -n dp link add name br-mvm-1 type bridge",
+      "ip -n dp addr replace 10.201.1.1/24 dev br-mvm-1",
+      "ip -n dp link set dev br-mvm-1 up",
+      "ip netns exec dp sysctl -w net.ipv4.ip_forward=1",
+      "ip netns exec dp nft -f -",
+    ]);
+    expect(calls.at(-1)?.input).toContain("add table inet mvm");
+  });
+
+  it("refuses to work in a namespace that does not exist, unless told to create it", async () => {
+    const { run, calls } = scriptedRunner((argv) => (argv.join(" ") === "ip netns list" ? { stdout: "" } : { stdout: "[]" }));
+    const net = createLinuxNetwork({ netns: "nope", run });
+    await expect(net.ensureTenant(plan)).rejects.toThrow(/network namespace nope does not exist/);
+    expect(calls).toHaveLength(1);
+
+    const made = scriptedRunner((argv) => (argv.join(" ") === "ip netns list" ? { stdout: "" } : { stdout: "[]" }));
+    await ensureNetns("fresh", made.run);
+    expect(joined(made.calls)).toEqual(["ip netns list", "ip netns add fresh", "ip -n fresh link set dev lo up"]);
+  });
+
+  it("runs in the root namespace without ip -n or netns exec", async () => {
+    const { run, calls } = scriptedRunner((argv) => (argv.includes("show") ? { stdout: bridgeJson } : undefined));
+    const net = createLinuxNetwork({ netns: null, run });
+    await net.ensureTenant(plan);
+    expect(joined(calls)).toEqual([
+      "ip -d -j addr show",
+      "ip addr replace 10.201.1.1/24 dev br-mvm-1",
+      "ip link set dev br-mvm-1 up",
+      "sysctl -w net.ipv4.ip_forward=1",
+      "nft -f -",
+    ]);
+  });
+
+  it("refuses to take over an interface of the bridge's name that is not a bridge", async () => {
+    const veth = JSON.stringify([{ ifname: "br-mvm-1", flags: ["UP"], linkinfo: { info_kind: "veth" } }]);
+    const { run } = scriptedRunner((argv) => (argv.includes("show") ? { stdout: veth } : undefined));
+    const err = await createLinuxNetwork({ netns: null, run }).ensureTenant(plan).catch((e: unknown) => e);
+    expect(isMvmError(err) && err.kind).toBe("failed_precondition");
+    expect((err as Error).message).toMatch(/br-mvm-1 exists but is a veth interface, not a bridge/);
+  });
+
+  it("installs a TAP's anti-spoofing rules before the TAP joins the bridge", async () => {
+    const { run, calls } = scriptedRunner((argv) => (argv.includes("show") ? { stdout: bridgeJson } : undefined));
+    await createLinuxNetwork({ netns: null, run }).ensureTap(plan, tap);
+    expect(joined(calls)).toEqual([
+      "ip -d -j addr show",
+      "nft -f -",
+      "ip tuntap add dev tn1i3 mode tap",
+      "ip link set dev tn1i3 master br-mvm-1",
+      "ip link set dev tn1i3 up",
+    ]);
+    expect(calls[1]?.input).toContain("add rule bridge mvm tap_tn1i3 ip saddr != 10.201.1.3 drop");
+  });
+
+  it("moves an existing TAP from another bridge and leaves one already in place alone", async () => {
+    const elsewhere = JSON.stringify([...JSON.parse(bridgeJson), { ifname: "tn1i3", flags: ["UP"], master: "br-mvm-9", linkinfo: { info_kind: "tun" } }]);
+    const moved = scriptedRunner((argv) => (argv.includes("show") ? { stdout: elsewhere } : undefined));
+    await createLinuxNetwork({ netns: null, run: moved.run }).ensureTap(plan, tap);
+    expect(joined(moved.calls).slice(2)).toEqual(["ip link set dev tn1i3 master br-mvm-1", "ip link set dev tn1i3 up"]);
+
+    const inPlace = elsewhere.replace("br-mvm-9", "br-mvm-1");
+    const kept = scriptedRunner((argv) => (argv.includes("show") ? { stdout: inPlace } : undefined));
+    await createLinuxNetwork({ netns: null, run: kept.run }).ensureTap(plan, tap);
+    expect(joined(kept.calls).slice(2)).toEqual(["ip link set dev tn1i3 up"]);
+  });
+
+  it("refuses a TAP before its tenant's bridge exists", async () => {
+    const { run } = scriptedRunner((argv) => (argv.includes("show") ? { stdout: "[]" } : undefined));
+    await expect(createLinuxNetwork({ netns: null, run }).ensureTap(plan, tap)).rejects.toThrow(/bridge br-mvm-1 of tenant acme does not exist/);
+  });
+
+  it("clears a map entry that holds another verdict, then retries the transaction once", async () => {
+    let attempts = 0;
+    const { run, calls } = scriptedRunner((argv, input) => {
+      if (argv.includes("show")) return { stdout: bridgeJson };
+      if (argv[0] === "nft" && input?.startsWith("add table")) {
+        attempts += 1;
+        return attempts === 1 ? { exitCode: 1, stderr: "Error: Could not process rule: File exists" } : undefined;
+      }
+      return undefined;
+    });
+    await createLinuxNetwork({ netns: null, run }).ensureTenant(plan);
+    expect(attempts).toBe(2);
+    const deletes = calls.filter((c) => c.input?.startsWith("delete element")).map((c) => c.input?.trim());
+    expect(deletes).toEqual([
+      'delete element inet mvm forward_from { "br-mvm-1" }',
+      'delete element inet mvm forward_to { "br-mvm-1" }',
+      'delete element inet mvm input_from { "br-mvm-1" }',
+      'delete element inet mvm nat_from { "br-mvm-1" }',
+    ]);
+  });
+
+  it("fails with nft's message when a transaction is refused", async () => {
+    const { run } = scriptedRunner((argv) => {
+      if (argv.includes("show")) return { stdout: bridgeJson };
+      if (argv[0] === "nft") return { exitCode: 1, stderr: "Error: syntax error, unexpected junk" };
+      return undefined;
+    });
+    const err = await createLinuxNetwork({ netns: null, run }).ensureTenant(plan).catch((e: unknown) => e);
+    expect(isMvmError(err) && err.kind).toBe("unavailable");
+    expect((err as Error).message).toBe("nft -f -: exit code 1: Error: syntax error, unexpected junk");
+  });
+
+  it("reads TAP counters, and null for a TAP that is not there", async () => {
+    const stats = JSON.stringify([{ ifname: "tn1i3", stats64: { rx: { bytes: 42 }, tx: { bytes: 7 } } }]);
+    const present = scriptedRunner(() => ({ stdout: stats }));
+    expect(await createLinuxNetwork({ netns: null, run: present.run }).tapCounters("tn1i3")).toEqual({ rxBytes: 42, txBytes: 7 });
+    expect(joined(present.calls)).toEqual(["ip -s -j link show dev tn1i3"]);
+    const absent = scriptedRunner(() => ({ exitCode: 1, stderr: 'Device "tn1i3" does not exist.' }));
+    expect(await createLinuxNetwork({ netns: null, run: absent.run }).tapCounters("tn1i3")).toBeNull();
+    const broken = scriptedRunner(() => ({ exitCode: 2, stderr: "Operation not permitted" }));
+    await expect(createLinuxNetwork({ netns: null, run: broken.run }).tapCounters("tn1i3")).rejects.toThrow(/Operation not permitted/);
+  });
+
+  it("removes a TAP idempotently: a missing device and a missing table are not errors", async () => {
+    const { run, calls } = scriptedRunner((argv) => {
+      if (argv.join(" ") === "ip link del dev tn1i3") return { exitCode: 1, stderr: 'Cannot find device "tn1i3"' };
+      if (argv.join(" ") === "nft list tables") return { stdout: "table inet mvm\n" };
+      return undefined;
+    });
+    await createLinuxNetwork({ netns: null, run }).removeTap(plan, "tn1i3");
+    expect(joined(calls)).toEqual(["ip link del dev tn1i3", "nft list tables"]);
+  });
+});
