@@ -1,18 +1,14 @@
 // The `mvm` command: wires the CLI adapters to the core use cases (this folder is the CLI's composition root).
 
 import yargs, { type Argv } from "yargs";
+import { openNodeRuntime } from "../agent/node-runtime.js";
+import type { NodeRuntime } from "../agent/node-runtime-types.js";
 import { isMvmError } from "../core/errors.js";
-import { DEFAULT_NETWORK_POOL, DEFAULT_TENANT_PREFIX } from "../core/subnet.js";
-import type { RecordDeps } from "../core/use-cases/deps.js";
-import { FsAuditLog } from "../runtime/audit/fs-audit-log.js";
-import { createEd25519KeyGenerator } from "../runtime/ssh/ed25519-key-generator.js";
-import { resolveDataRoot } from "../runtime/store/data-root.js";
-import { FsStore } from "../runtime/store/fs-store.js";
-import { createRandomIds } from "../runtime/system/random-ids.js";
-import { createSystemClock } from "../runtime/system/system-clock.js";
 import { registerAuditCommands } from "./commands/audit.js";
+import { registerAgentServeCommand } from "./commands/agent-serve.js";
 import { registerCertsCommands } from "./commands/certs.js";
 import { registerDesiredCommands } from "./commands/desired.js";
+import { registerDevCommand } from "./commands/dev.js";
 import { registerHostCommands } from "./commands/host.js";
 import { registerInstanceCommands } from "./commands/instance.js";
 import { registerNodeCommands } from "./commands/node.js";
@@ -32,27 +28,16 @@ export interface CliIo {
 }
 
 function createContext(io: CliIo): CliContext {
-  let opened: Promise<RecordDeps> | undefined;
+  let opened: Promise<NodeRuntime> | undefined;
   return {
     deps(options: GlobalOptions) {
-      opened ??= (async () => {
-        const dataRoot = resolveDataRoot({ dataDir: options.dataDir, env: io.env, uid: process.getuid?.() });
-        const store = await FsStore.open(dataRoot, {
-          onBroken: (b) => io.stderr(`mvm: warning: corrupt record moved aside to ${b.path}: ${b.reason}\n`),
-        });
-        return {
-          store,
-          clock: createSystemClock(),
-          ids: createRandomIds(),
-          keys: createEd25519KeyGenerator(),
-          networkPool: {
-            cidr: io.env.MVM_NETWORK_POOL ?? DEFAULT_NETWORK_POOL,
-            prefixLen: DEFAULT_TENANT_PREFIX,
-          },
-          audit: new FsAuditLog(dataRoot),
-          actor: { kind: "local" as const, id: `local:uid=${process.getuid?.() ?? "unknown"}` },
-        };
-      })();
+      opened ??= openNodeRuntime({
+        dataDir: options.dataDir,
+        env: io.env,
+        netns: options.netns,
+        actor: { kind: "local", id: `local:uid=${process.getuid?.() ?? "unknown"}` },
+        onBrokenRecord: (path, reason) => io.stderr(`mvm: warning: corrupt record moved aside to ${path}: ${reason}\n`),
+      });
       return opened;
     },
     write: io.stdout,
@@ -60,7 +45,7 @@ function createContext(io: CliIo): CliContext {
   };
 }
 
-export function buildParser(argv: string[], ctx: CliContext): Argv<GlobalOptions> {
+export function buildParser(argv: string[], ctx: CliContext, io: CliIo): Argv<GlobalOptions> {
   let parser = yargs(argv)
     .scriptName("mvm")
     .usage("mvm: multi-tenant microVM fleet manager\n\nUsage: $0 <command> [options]")
@@ -72,6 +57,7 @@ export function buildParser(argv: string[], ctx: CliContext): Argv<GlobalOptions
       describe: "output format: table, json or yaml",
     })
     .option("debug", { type: "boolean", default: false, describe: "print stack traces on errors" })
+    .option("netns", { type: "string", describe: "network namespace of the data plane (default: $MVM_NETNS, else none)" })
     .parserConfiguration({ "populate--": true })
     // Checked before any handler runs, so a bad --output never follows a side effect.
     .middleware((args) => {
@@ -92,8 +78,21 @@ export function buildParser(argv: string[], ctx: CliContext): Argv<GlobalOptions
   parser = registerDesiredCommands(parser, ctx);
   parser = registerAuditCommands(parser, ctx);
   parser = registerHostCommands(parser, ctx);
-  parser = parser.command("agent", "the node agent: certificates", (y) =>
-    registerCertsCommands(y, ctx).demandCommand(1, "agent: a subcommand is required (certs)"),
+  parser = registerDevCommand(parser, ctx);
+  parser = parser.command("agent", "the node agent: serve, certificates", (y) =>
+    registerAgentServeCommand(registerCertsCommands(y, ctx), ctx, (o) =>
+      openNodeRuntime({
+        dataDir: o.dataDir,
+        env: io.env,
+        netns: o.netns,
+        actor: { kind: "system", id: "system:agent" },
+        events: o.watchHub,
+        onAuditEntry: (e) => {
+          o.metrics.auditEntries.inc({ action: e.action, outcome: e.outcome });
+          if (e.action === "quota_reject") o.metrics.quotaRejections.inc({ tenant: e.tenantId, limit: e.reason.match(/quota (\w+)/)?.[1] ?? "unknown" });
+        },
+      }),
+    ).demandCommand(1, "agent: a subcommand is required (serve, certs)"),
   );
   return parser.demandCommand(1, "a command is required; see mvm --help");
 }
@@ -109,7 +108,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   const ctx = createContext(io);
   const debug = argv.includes("--debug");
   try {
-    await buildParser(argv, ctx).parseAsync();
+    await buildParser(argv, ctx, io).parseAsync();
     return 0;
   } catch (error) {
     const { line, exitCode } = describeError(error);

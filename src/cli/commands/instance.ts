@@ -1,15 +1,12 @@
 import type { Argv } from "yargs";
 import { parseInstancePath, parsePoolPath } from "../../core/ids.js";
 import type { Instance, InstanceStatus } from "../../core/model.js";
-import {
-  createInstance,
-  destroyInstanceRecord,
-  getInstance,
-  listInstances,
-} from "../../core/use-cases/instances.js";
+import { createInstance, getInstance, listInstances } from "../../core/use-cases/instances.js";
+import { destroyInstance, refreshInstanceHealth } from "../../core/use-cases/lifecycle.js";
 import type { CliContext, GlobalOptions } from "../context.js";
 import { renderList, renderRecord, type Column } from "../output.js";
 import { requiredPositional } from "./flags.js";
+import { registerInstanceRuntimeCommands } from "./instance-runtime.js";
 
 const INSTANCE_COLUMNS: Column<Instance>[] = [
   { header: "INSTANCE", cell: (i) => `${i.tenantId}/${i.poolId}/${i.instanceId}` },
@@ -23,7 +20,7 @@ const INSTANCE_COLUMNS: Column<Instance>[] = [
 
 export function registerInstanceCommands(yargs: Argv<GlobalOptions>, ctx: CliContext): Argv<GlobalOptions> {
   return yargs.command("instance", "manage instances: one microVM each", (y) =>
-    y
+    registerInstanceRuntimeCommands(y, ctx)
       .command(
         "create [path]",
         "create an instance record in a pool (allocates IP, TAP and MAC; max_instances_per_pool is enforced)",
@@ -55,20 +52,28 @@ export function registerInstanceCommands(yargs: Argv<GlobalOptions>, ctx: CliCon
         "show one instance",
         (c) => requiredPositional(c, "path", "<tenant>/<pool>/<instance>"),
         async (args) => {
-          const instance = await getInstance(await ctx.deps(args), parseInstancePath(args.path));
+          const deps = await ctx.deps(args);
+          const key = parseInstancePath(args.path);
+          await getInstance(deps, key);
+          const instance = await refreshInstanceHealth(deps, key);
           ctx.write(renderRecord(instance, args.output));
         },
       )
       .command(
         "destroy [path]",
-        "destroy an instance, releasing its IP, TAP and MAC",
-        (c) => requiredPositional(c, "path", "<tenant>/<pool>/<instance>"),
+        "destroy an instance: stop its microVM if needed, release IP, TAP, cgroup and disks",
+        (c) =>
+          requiredPositional(c, "path", "<tenant>/<pool>/<instance>").option("keep-volumes", {
+            type: "boolean",
+            default: false,
+            describe: "keep the data disk (moved to the pool's kept-volumes/)",
+          }),
         async (args) => {
           const key = parseInstancePath(args.path);
-          await destroyInstanceRecord(await ctx.deps(args), key);
+          await destroyInstance(await ctx.deps(args), key, { keepVolumes: args["keep-volumes"] });
           ctx.warn(`destroyed instance ${key.tenantId}/${key.poolId}/${key.instanceId}\n`);
         },
       )
-      .demandCommand(1, "instance: a subcommand is required (create, list, info, destroy)"),
+      .demandCommand(1, "instance: a subcommand is required (create, list, info, start, stop, exec, ssh, logs, stats, destroy)"),
   );
 }

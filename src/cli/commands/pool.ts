@@ -11,9 +11,9 @@ import type {
   SleepPolicy,
   WorkerPool,
 } from "../../core/model.js";
+import { destroyPoolCompletely } from "../../core/use-cases/teardown.js";
 import {
   createPool,
-  destroyPool,
   getPool,
   listPools,
   scalePool,
@@ -23,6 +23,7 @@ import {
 import type { CliContext, GlobalOptions } from "../context.js";
 import { renderList, renderRecord, type Column } from "../output.js";
 import { requiredPositional } from "./flags.js";
+import { registerPoolBuildCommands } from "./pool-build.js";
 
 const POOL_COLUMNS: Column<WorkerPool>[] = [
   { header: "POOL", cell: (p) => `${p.tenantId}/${p.poolId}` },
@@ -137,7 +138,7 @@ function specFromArgs(args: Args, current?: WorkerPool): PoolSpecInput {
 
 export function registerPoolCommands(yargs: Argv<GlobalOptions>, ctx: CliContext): Argv<GlobalOptions> {
   return yargs.command("pool", "manage worker pools: one image, one resource shape, desired counts", (y) =>
-    y
+    registerPoolBuildCommands(y, ctx)
       .command(
         "create [path]",
         "create a pool (max_pools of the tenant is enforced)",
@@ -198,10 +199,10 @@ export function registerPoolCommands(yargs: Argv<GlobalOptions>, ctx: CliContext
             .option("force", { type: "boolean", default: false, describe: "also destroy its instances" }),
         async (args) => {
           const key = parsePoolPath(args.path);
-          await destroyPool(await ctx.deps(args), { ...key, force: args.force });
+          await destroyPoolCompletely(await ctx.deps(args), key, args.force);
           ctx.warn(`destroyed pool ${key.tenantId}/${key.poolId}\n`);
         },
       )
-      .demandCommand(1, "pool: a subcommand is required (create, list, info, update, scale, destroy)"),
+      .demandCommand(1, "pool: a subcommand is required (create, list, info, update, scale, build, builds, rollback, destroy)"),
   );
 }

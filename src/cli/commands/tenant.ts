@@ -1,6 +1,7 @@
 import type { Argv } from "yargs";
 import type { Tenant, TenantQuota } from "../../core/model.js";
-import { createTenant, destroyTenant, getTenant, listTenants, updateTenant } from "../../core/use-cases/tenants.js";
+import { destroyTenantCompletely } from "../../core/use-cases/teardown.js";
+import { createTenant, getTenant, listTenants, updateTenant } from "../../core/use-cases/tenants.js";
 import type { CliContext, GlobalOptions } from "../context.js";
 import { renderList, renderRecord, type Column } from "../output.js";
 import { parseLabels, requiredPositional } from "./flags.js";
@@ -113,12 +114,12 @@ export function registerTenantCommands(yargs: Argv<GlobalOptions>, ctx: CliConte
       )
       .command(
         "destroy [tenant]",
-        "destroy a tenant and its key (refused while it has pools, unless --force)",
+        "destroy a tenant, its key and network (refused while it has pools, unless --force)",
         (c) =>
           requiredPositional(c, "tenant", "tenant ID")
-            .option("force", { type: "boolean", default: false, describe: "also destroy its pools and instances" }),
+            .option("force", { type: "boolean", default: false, describe: "also destroy its pools and instances, stopping their microVMs" }),
         async (args) => {
-          const tenant = await destroyTenant(await ctx.deps(args), { tenantId: args.tenant, force: args.force });
+          const tenant = await destroyTenantCompletely(await ctx.deps(args), args.tenant, args.force);
           ctx.warn(`destroyed tenant ${tenant.tenantId}\n`);
         },
       )

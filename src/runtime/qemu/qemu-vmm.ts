@@ -32,6 +32,8 @@ export interface QemuVmmOptions {
 const DEFAULT_BINARY = "qemu-system-x86_64";
 const DEFAULT_QMP_TIMEOUT_MS = 5_000;
 /** How long the process may take to exit after `quit`, ms. */
+/** How long to wait for a guest to power off before pressing the button again. */
+const POWER_BUTTON_REPEAT_MS = 3_000;
 const QUIT_WAIT_MS = 3_000;
 const EXIT_WATCH_POLL_MS = 50;
 const LOG_TAIL_LINES = 15;
@@ -173,15 +175,24 @@ export function createQemuVmm(options: QemuVmmOptions = {}): Vmm {
     if (!(await isSameProcess(pid, pidStartTime))) return;
     const deadline = Date.now() + Math.max(0, timeoutMs);
     if (timeoutMs > 0) {
-      // ACPI power button: a guest that handles it syncs and powers off by itself.
-      const asked = await withQmp(vmm.apiSocket, (client) => client.execute("system_powerdown"), {
-        connectTimeoutMs: Math.min(qmpTimeoutMs, timeoutMs),
-        commandTimeoutMs: Math.min(qmpTimeoutMs, timeoutMs),
-      }).then(
-        () => true,
-        () => false,
-      );
-      if (asked && (await waitForProcessExit(pid, pidStartTime, deadline - Date.now()))) return cleanUp(vmm);
+      // ACPI power button: a guest that handles it syncs and powers off by itself. The press is repeated, because
+      // one that arrives before the guest's handler is listening (just after boot, on a loaded host) is lost.
+      let asked = false;
+      while (Date.now() < deadline) {
+        const remaining = deadline - Date.now();
+        const pressed = await withQmp(vmm.apiSocket, (client) => client.execute("system_powerdown"), {
+          connectTimeoutMs: Math.min(qmpTimeoutMs, remaining),
+          commandTimeoutMs: Math.min(qmpTimeoutMs, remaining),
+        }).then(
+          () => true,
+          () => false,
+        );
+        asked ||= pressed;
+        if (!asked) break;
+        if (await waitForProcessExit(pid, pidStartTime, Math.min(POWER_BUTTON_REPEAT_MS, deadline - Date.now()))) {
+          return cleanUp(vmm);
+        }
+      }
     }
     if (await isSameProcess(pid, pidStartTime)) {
       // `quit` makes QEMU flush its disks and exit; the answer may be lost when it closes the socket first.

@@ -10,6 +10,7 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { isMvmError, type MvmError } from "../../../src/core/errors.js";
 import { registerCertsCommands } from "../../../src/cli/commands/certs.js";
 import type { CliContext, GlobalOptions } from "../../../src/cli/context.js";
+import type { NodeRuntime } from "../../../src/agent/node-runtime-types.js";
 import { EXIT_CODES } from "../../../src/cli/exit-codes.js";
 import { parseOutputFormat } from "../../../src/cli/output.js";
 import { createCertificateAuthority } from "../../../src/platform/pki/cert-authority.js";
@@ -35,7 +36,8 @@ function context(): CliContext {
       ids: createRandomIds(),
       keys: createEd25519KeyGenerator(),
       networkPool: { cidr: "10.240.0.0/12", prefixLen: 24 },
-    }),
+      // The certs commands use only the store; the rest of the node runtime is not needed here.
+    }) as unknown as NodeRuntime,
     write: (text) => (stdout += text),
     warn: (text) => (stderr += text),
   };

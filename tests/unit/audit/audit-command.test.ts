@@ -7,7 +7,7 @@ import { join } from "node:path";
 import yargs, { type Argv } from "yargs";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { AuditRecord } from "../../../src/core/observability-ports.js";
-import type { RecordDeps } from "../../../src/core/use-cases/deps.js";
+import type { NodeRuntime } from "../../../src/agent/node-runtime-types.js";
 import { auditTail, formatFollowedEntry, registerAuditCommands } from "../../../src/cli/commands/audit.js";
 import type { CliContext, GlobalOptions } from "../../../src/cli/context.js";
 import { EXIT_CODES } from "../../../src/cli/exit-codes.js";
@@ -38,7 +38,7 @@ async function run(argv: string[]): Promise<{ code: number; stdout: string; stde
   let stdout = "";
   let stderr = "";
   const ctx: CliContext = {
-    deps: async () => ({ store: { dataRoot: root } }) as unknown as RecordDeps,
+    deps: async () => ({ store: { dataRoot: root } }) as unknown as NodeRuntime,
     write: (t) => (stdout += t),
     warn: (t) => (stderr += t),
   };

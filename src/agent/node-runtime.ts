@@ -1,0 +1,99 @@
+// Wires the real adapters of one node into a NodeRuntime: the store, audit log, watch hub, hypervisor, network,
+// cgroups, disks, image builder and guest channel. Used by `mvm agent serve` and by the CLI when it acts in-process.
+
+import { join } from "node:path";
+import { failedPrecondition } from "../core/errors.js";
+import type { HypervisorKind, WorkerPool } from "../core/model.js";
+import { observeInstanceWrites } from "../core/observed-store.js";
+import type { InstanceEventSink } from "../core/observability-ports.js";
+import { DEFAULT_NETWORK_POOL, DEFAULT_TENANT_PREFIX } from "../core/subnet.js";
+import type { AuditActor, AuditEntry } from "../core/observability-ports.js";
+import { FsAuditLog } from "../runtime/audit/fs-audit-log.js";
+import { cgroupLimitsFor } from "../runtime/cgroups/cgroup-limits.js";
+import { createCgroups } from "../runtime/cgroups/linux-cgroups.js";
+import { createDebianImageBuilder } from "../runtime/images/debian-image-builder.js";
+import { createLinuxNetwork } from "../runtime/network/linux-network.js";
+import { createQemuVmm } from "../runtime/qemu/qemu-vmm.js";
+import { createEd25519KeyGenerator } from "../runtime/ssh/ed25519-key-generator.js";
+import { createSshGuestChannel } from "../runtime/ssh/ssh-guest-channel.js";
+import { resolveDataRoot } from "../runtime/store/data-root.js";
+import { FsStore } from "../runtime/store/fs-store.js";
+import { createRandomIds } from "../runtime/system/random-ids.js";
+import { createSystemClock } from "../runtime/system/system-clock.js";
+import { createLinuxVolumes } from "../runtime/volumes/linux-volumes.js";
+import type { NodeRuntime } from "./node-runtime-types.js";
+
+export const METADATA_PORT = 8169;
+/** Cold boot under software emulation takes seconds; KVM hosts can lower it with MVM_BOOT_TIMEOUT_MS. */
+const DEFAULT_BOOT_TIMEOUT_MS = 120_000;
+const DEFAULT_STOP_TIMEOUT_MS = 10_000;
+
+export interface NodeRuntimeOptions {
+  dataDir?: string;
+  env: NodeJS.ProcessEnv;
+  /** Network namespace of the data plane; default `$MVM_NETNS`, else none. */
+  netns?: string | null;
+  actor: AuditActor;
+  /** Receives every instance write (the agent's watch hub); default: nobody. */
+  events?: InstanceEventSink;
+  onBrokenRecord?: (path: string, reason: string) => void;
+  /** Called after every audit entry is written (the agent counts them in its metrics). */
+  onAuditEntry?: (entry: AuditEntry) => void;
+}
+
+function positiveIntegerFromEnv(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
+  const value = Number(env[name]);
+  return Number.isInteger(value) && value > 0 ? value : fallback;
+}
+
+export async function openNodeRuntime(options: NodeRuntimeOptions): Promise<NodeRuntime> {
+  const { env } = options;
+  const dataRoot = resolveDataRoot({ dataDir: options.dataDir, env, uid: process.getuid?.() });
+  const events: InstanceEventSink = options.events ?? { publish: () => undefined };
+  const fsStore = await FsStore.open(dataRoot, {
+    onBroken: (b) => options.onBrokenRecord?.(b.path, b.reason),
+  });
+  const store = observeInstanceWrites(fsStore, events);
+  const netns = options.netns !== undefined ? options.netns : (env.MVM_NETNS || null);
+  const qemu = createQemuVmm({});
+  const poolDir = (tenantId: string, poolId: string) => join(dataRoot, "tenants", tenantId, "pools", poolId);
+
+  return {
+    store,
+    clock: createSystemClock(),
+    ids: createRandomIds(),
+    keys: createEd25519KeyGenerator(),
+    networkPool: { cidr: env.MVM_NETWORK_POOL ?? DEFAULT_NETWORK_POOL, prefixLen: DEFAULT_TENANT_PREFIX },
+    audit: new FsAuditLog(dataRoot, options.onAuditEntry ? { onAppend: options.onAuditEntry } : {}),
+    actor: options.actor,
+    events,
+    vmm(kind: HypervisorKind) {
+      if (kind === "qemu") return qemu;
+      throw failedPrecondition("the firecracker driver is not available on this node: use hypervisor qemu or auto");
+    },
+    async chooseHypervisor(pool: WorkerPool): Promise<HypervisorKind> {
+      if (pool.hypervisor === "firecracker") {
+        throw failedPrecondition(`pool ${pool.tenantId}/${pool.poolId} asks for firecracker, which this node cannot run: see mvm doctor`);
+      }
+      return "qemu";
+    },
+    network: createLinuxNetwork({ netns }),
+    cgroups: createCgroups({}),
+    volumes: createLinuxVolumes(),
+    guest: createSshGuestChannel(),
+    // A shared cache (MVM_IMAGE_CACHE) lets several data roots on one host, such as test runs, build each image once.
+    imageBuilder: createDebianImageBuilder({ cacheDir: env.MVM_IMAGE_CACHE || join(dataRoot, "images", "cache") }),
+    revisionsDir: (tenantId, poolId) => join(poolDir(tenantId, poolId), "revisions"),
+    paths: {
+      revisionDir: (tenantId, poolId, revision) => join(poolDir(tenantId, poolId), "revisions", revision),
+      instanceDir: (tenantId, poolId, instanceId) => fsStore.instanceDir(tenantId, poolId, instanceId),
+      tenantPrivateKey: (tenantId) => fsStore.tenantSshKeyPaths(tenantId).privateKey,
+      keptDataDisk: (tenantId, poolId, instanceId) => join(poolDir(tenantId, poolId), "kept-volumes", instanceId, "data.ext4"),
+    },
+    cgroupLimits: (pool) => cgroupLimitsFor(pool.resources),
+    metadataPort: METADATA_PORT,
+    bootTimeoutMs: positiveIntegerFromEnv(env, "MVM_BOOT_TIMEOUT_MS", DEFAULT_BOOT_TIMEOUT_MS),
+    stopTimeoutMs: positiveIntegerFromEnv(env, "MVM_STOP_TIMEOUT_MS", DEFAULT_STOP_TIMEOUT_MS),
+    async close() {},
+  };
+}

@@ -1,0 +1,194 @@
+// Real microVMs through the mvm CLI: QEMU under TCG, bridges, TAPs, nftables and cgroups, all inside a network
+// namespace this test creates and deletes. Two tenants; two instances in A, one in B.
+
+import { execFileSync, spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { REPO_ROOT, runMvm, tempDataDir, type CliResult } from "../../helpers/mvm-cli.js";
+
+const isRoot = process.getuid?.() === 0;
+const hasQemu = existsSync("/usr/bin/qemu-system-x86_64");
+const skipReason = !isRoot ? "needs root (bridges, TAPs, cgroups)" : !hasQemu ? "qemu-system-x86_64 is not installed" : null;
+if (skipReason) console.log(`skipping data-plane e2e: ${skipReason}`);
+
+const NETNS = `mvm-e2e-${process.pid}`;
+const IMAGE_CACHE = join(REPO_ROOT, ".cache/test-images");
+let data: ReturnType<typeof tempDataDir>;
+const listeners: ChildProcess[] = [];
+
+function mvm(...args: string[]): CliResult {
+  return runMvm(args, {
+    dataDir: data.path,
+    env: { MVM_NETNS: NETNS, MVM_IMAGE_CACHE: IMAGE_CACHE, MVM_BOOT_TIMEOUT_MS: "90000" },
+  });
+}
+
+function ok<T = any>(r: CliResult): T {
+  expect(r.code, r.stderr).toBe(0);
+  return JSON.parse(r.stdout) as T;
+}
+
+function inGuest(path: string, command: string): CliResult {
+  return mvm("instance", "exec", path, "--", "sh", "-c", command);
+}
+
+function inNetns(args: string[]): { status: number | null; stdout: string } {
+  const r = spawnSync("ip", ["netns", "exec", NETNS, ...args], { encoding: "utf8", timeout: 15_000 });
+  return { status: r.status, stdout: r.stdout };
+}
+
+/** A TCP listener inside the data-plane namespace that answers "hello" (standing in for host services). */
+function listenInNetns(ip: string, port: number): ChildProcess {
+  const server = `require("node:net").createServer((s) => s.end("hello\\n")).listen(${port}, ${JSON.stringify(ip)})`;
+  const child = spawn("ip", ["netns", "exec", NETNS, process.execPath, "-e", server], { stdio: "ignore" });
+  listeners.push(child);
+  return child;
+}
+
+/** Gone, or a zombie that PID 1 has not reaped yet (its parent, a CLI process, has exited). */
+function processGone(pid: number): boolean {
+  const deadline = Date.now() + 3_000;
+  for (;;) {
+    let state: string | undefined;
+    try {
+      state = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.[0];
+    } catch {
+      return true;
+    }
+    if (state === "Z") return true;
+    if (Date.now() > deadline) return false;
+    spawnSync("sleep", ["0.1"]);
+  }
+}
+
+const a = { tenant: "alpha", subnet: "10.210.1.0/24", gateway: "10.210.1.1" };
+const b = { tenant: "bravo", subnet: "10.210.2.0/24", gateway: "10.210.2.1" };
+const paths: Record<"a1" | "a2" | "b1", string> = { a1: "", a2: "", b1: "" };
+const ips: Record<"a1" | "a2" | "b1", string> = { a1: "", a2: "", b1: "" };
+
+describe.skipIf(skipReason !== null)("data plane: real microVMs for two tenants", () => {
+  beforeAll(() => {
+    data = tempDataDir();
+    execFileSync("ip", ["netns", "add", NETNS]);
+    execFileSync("ip", ["-n", NETNS, "link", "set", "lo", "up"]);
+  }, 30_000);
+
+  afterAll(() => {
+    for (const l of listeners) l.kill();
+    // Stop every VMM this test started, whatever state the test left them in, then drop the namespace.
+    if (data) {
+      for (const t of [a.tenant, b.tenant]) mvm("tenant", "destroy", t, "--force");
+      const leftovers = spawnSync("pgrep", ["-f", `qemu-system-x86_64 -name i-.*${data.path}`], { encoding: "utf8" }).stdout;
+      for (const pid of leftovers.split("\n").filter(Boolean)) process.kill(Number(pid), "SIGKILL");
+      data.cleanup();
+    }
+    spawnSync("ip", ["netns", "delete", NETNS]);
+  }, 120_000);
+
+  it("builds the image and boots three instances", () => {
+    ok(mvm("tenant", "create", a.tenant, "--subnet", a.subnet, "-o", "json"));
+    ok(mvm("tenant", "create", b.tenant, "--subnet", b.subnet, "--max-running", "1", "-o", "json"));
+    ok(mvm("pool", "create", `${a.tenant}/web`, "--data-disk-mib", "64", "--mem-mib", "256", "-o", "json"));
+    ok(mvm("pool", "create", `${b.tenant}/web`, "--mem-mib", "256", "-o", "json"));
+    for (const t of [a.tenant, b.tenant]) {
+      const build = mvm("pool", "build", `${t}/web`, "-o", "json");
+      expect(build.code, build.stderr).toBe(0);
+      expect(JSON.parse(build.stdout).revision).toMatch(/^[0-9a-f]{16}$/);
+    }
+    const created = {
+      a1: ok(mvm("instance", "create", `${a.tenant}/web`, "-o", "json")),
+      a2: ok(mvm("instance", "create", `${a.tenant}/web`, "-o", "json")),
+      b1: ok(mvm("instance", "create", `${b.tenant}/web`, "-o", "json")),
+    };
+    for (const k of ["a1", "a2", "b1"] as const) {
+      paths[k] = `${created[k].tenantId}/web/${created[k].instanceId}`;
+      ips[k] = created[k].net.guestIp;
+      const started = ok(mvm("instance", "start", paths[k], "-o", "json"));
+      expect(started.status).toBe("running");
+      expect(started.vmm.netns).toBe(NETNS);
+    }
+  }, 600_000);
+
+  it("runs a command in the guest and returns its output and status", () => {
+    const r = inGuest(paths.a1, "uname -s; hostname; exit 3");
+    expect(r.code).toBe(3);
+    expect(r.stdout.split("\n")).toEqual(["Linux", paths.a1.split("/")[2], ""]);
+  });
+
+  it("lets instances of one tenant reach each other", () => {
+    expect(inGuest(paths.a1, `busybox ping -c 1 -W 3 ${ips.a2}`).code).toBe(0);
+    expect(inGuest(paths.a2, `busybox ping -c 1 -W 3 ${ips.a1}`).code).toBe(0);
+  });
+
+  it("isolates tenants in both directions, also through the host", () => {
+    expect(inGuest(paths.a1, `busybox ping -c 1 -W 2 ${ips.b1}`).code, "A1 → B1").not.toBe(0);
+    expect(inGuest(paths.b1, `busybox ping -c 1 -W 2 ${ips.a1}`).code, "B1 → A1").not.toBe(0);
+    expect(inGuest(paths.a1, `busybox nc -w 2 ${ips.b1} 22 </dev/null`).stdout, "A1 → B1 ssh").not.toContain("SSH");
+    // The other tenant's gateway address lives on the host too; it must not be a way across.
+    expect(inGuest(paths.a1, `busybox ping -c 1 -W 2 ${b.gateway}`).code, "A1 → B's gateway").not.toBe(0);
+  });
+
+  it("lets a guest reach only its gateway's metadata port on the host", () => {
+    listenInNetns(a.gateway, 8169);
+    listenInNetns(a.gateway, 2222);
+    const deadline = Date.now() + 10_000;
+    const listening = () => inNetns(["ss", "-ltnH"]).stdout;
+    while (!(listening().includes(`${a.gateway}:8169`) && listening().includes(`${a.gateway}:2222`)) && Date.now() < deadline) {
+      spawnSync("sleep", ["0.1"]);
+    }
+    const metadata = inGuest(paths.a1, `busybox nc -w 3 ${a.gateway} 8169 </dev/null`);
+    expect(metadata.stdout).toContain("hello");
+    const other = inGuest(paths.a1, `busybox nc -w 3 ${a.gateway} 2222 </dev/null`);
+    expect(other.stdout).not.toContain("hello");
+  });
+
+  it("places the VMM in its cgroup with the pool's memory limit", () => {
+    const info = ok(mvm("instance", "info", paths.a1, "-o", "json"));
+    const cgroups = readFileSync(`/proc/${info.vmm.pid}/cgroup`, "utf8");
+    const memoryLine = cgroups.split("\n").find((l) => /(^|:)memory:/.test(l) || l.startsWith("0::"));
+    expect(memoryLine).toContain(`/${a.tenant}/web/${info.instanceId}`);
+    const stats = ok(mvm("instance", "stats", paths.a1, "-o", "json"));
+    expect(stats.memoryLimitBytes).toBeGreaterThanOrEqual(256 * 1024 * 1024);
+    expect(stats.memoryLimitBytes).toBeLessThan(1024 * 1024 * 1024);
+  });
+
+  it("keeps the data disk's files across stop and start, and stop releases TAP and cgroup", () => {
+    expect(inGuest(paths.a1, "echo persisted > /data/hello && sync").code).toBe(0);
+    const before = ok(mvm("instance", "info", paths.a1, "-o", "json"));
+    const stopped = ok(mvm("instance", "stop", paths.a1, "-o", "json"));
+    expect(stopped.status).toBe("stopped");
+    expect(processGone(before.vmm.pid)).toBe(true);
+    expect(inNetns(["ip", "link", "show", before.net.tapName]).status).not.toBe(0);
+    ok(mvm("instance", "start", paths.a1, "-o", "json"));
+    expect(inGuest(paths.a1, "cat /data/hello").stdout).toBe("persisted\n");
+  }, 180_000);
+
+  it("refuses a start over quota with ResourceExhausted and starts no process", () => {
+    const extra = ok(mvm("instance", "create", `${b.tenant}/web`, "-o", "json"));
+    const r = mvm("instance", "start", `${b.tenant}/web/${extra.instanceId}`);
+    expect(r.code).toBe(6);
+    expect(r.stderr).toMatch(/max_running/);
+    const after = ok(mvm("instance", "info", `${b.tenant}/web/${extra.instanceId}`, "-o", "json"));
+    expect(after.status).toBe("created");
+    expect(spawnSync("pgrep", ["-f", `-name ${extra.instanceId}`]).status).not.toBe(0);
+    expect(mvm("instance", "destroy", `${b.tenant}/web/${extra.instanceId}`).code).toBe(0);
+  });
+
+  it("notices a VMM killed from outside and reports the instance stopped", () => {
+    const info = ok(mvm("instance", "info", paths.a2, "-o", "json"));
+    process.kill(info.vmm.pid, "SIGKILL");
+    expect(processGone(info.vmm.pid)).toBe(true);
+    const after = ok(mvm("instance", "info", paths.a2, "-o", "json"));
+    expect(after.status).toBe("stopped");
+    expect(after.conditions.find((c: { type: string }) => c.type === "Ready").reason).toBe("VmmExited");
+    expect(inNetns(["ip", "link", "show", info.net.tapName]).status).not.toBe(0);
+  });
+
+  it("releases the IP on destroy and gives it to the next instance", () => {
+    const gone = ok(mvm("instance", "info", paths.a2, "-o", "json"));
+    expect(mvm("instance", "destroy", paths.a2).code).toBe(0);
+    const next = ok(mvm("instance", "create", `${a.tenant}/web`, "-o", "json"));
+    expect(next.net.guestIp).toBe(gone.net.guestIp);
+  });
+});
