@@ -11,6 +11,7 @@ import { registerDesiredCommands } from "./commands/desired.js";
 import { registerDevCommand } from "./commands/dev.js";
 import { registerHostCommands } from "./commands/host.js";
 import { registerInstanceCommands } from "./commands/instance.js";
+import { registerNetCommands } from "./commands/net.js";
 import { registerNodeCommands } from "./commands/node.js";
 import { registerPoolCommands } from "./commands/pool.js";
 import { registerTenantCommands } from "./commands/tenant.js";
@@ -79,6 +80,7 @@ export function buildParser(argv: string[], ctx: CliContext, io: CliIo): Argv<Gl
   parser = registerAuditCommands(parser, ctx);
   parser = registerHostCommands(parser, ctx);
   parser = registerDevCommand(parser, ctx);
+  parser = registerNetCommands(parser, ctx);
   parser = parser.command("agent", "the node agent: serve, certificates", (y) =>
     registerAgentServeCommand(registerCertsCommands(y, ctx), ctx, (o) =>
       openNodeRuntime({

@@ -46,6 +46,14 @@ function listenInNetns(ip: string, port: number): ChildProcess {
   return child;
 }
 
+/** The directory of a process's memory cgroup (v1), or of its only cgroup (v2). */
+function memoryCgroupDir(pid: number): string {
+  const lines = readFileSync(`/proc/${pid}/cgroup`, "utf8").split("\n");
+  const v1 = lines.find((l) => /^\d+:([^:]*,)?memory(,[^:]*)?:/.test(l));
+  if (v1) return `/sys/fs/cgroup/memory${v1.split(":")[2]}`;
+  return `/sys/fs/cgroup${lines.find((l) => l.startsWith("0::"))!.slice(3)}`;
+}
+
 /** Gone, or a zombie that PID 1 has not reaped yet (its parent, a CLI process, has exited). */
 function processGone(pid: number): boolean {
   const deadline = Date.now() + 3_000;
@@ -129,6 +137,18 @@ describe.skipIf(skipReason !== null)("data plane: real microVMs for two tenants"
     expect(inGuest(paths.a1, `busybox ping -c 1 -W 2 ${b.gateway}`).code, "A1 → B's gateway").not.toBe(0);
   });
 
+  it("net verify reports a clean network, notices lost rules and repairs them with --fix", () => {
+    expect(mvm("net", "verify").code).toBe(0);
+    expect(inNetns(["nft", "delete", "table", "inet", "mvm"]).status).toBe(0);
+    const broken = mvm("net", "verify", a.tenant);
+    expect(broken.code).toBe(5);
+    expect(broken.stdout).toMatch(/isolation/);
+    expect(mvm("net", "verify", "--fix").code).toBe(0);
+    expect(mvm("net", "verify").code).toBe(0);
+    expect(inGuest(paths.a1, `busybox ping -c 1 -W 2 ${ips.b1}`).code, "A1 → B1 after repair").not.toBe(0);
+    expect(inGuest(paths.a1, `busybox ping -c 1 -W 3 ${ips.a2}`).code, "A1 → A2 after repair").toBe(0);
+  });
+
   it("lets a guest reach only its gateway's metadata port on the host", () => {
     listenInNetns(a.gateway, 8169);
     listenInNetns(a.gateway, 2222);
@@ -156,7 +176,10 @@ describe.skipIf(skipReason !== null)("data plane: real microVMs for two tenants"
   it("keeps the data disk's files across stop and start, and stop releases TAP and cgroup", () => {
     expect(inGuest(paths.a1, "echo persisted > /data/hello && sync").code).toBe(0);
     const before = ok(mvm("instance", "info", paths.a1, "-o", "json"));
+    const cgroupDir = memoryCgroupDir(before.vmm.pid);
+    expect(existsSync(cgroupDir)).toBe(true);
     const stopped = ok(mvm("instance", "stop", paths.a1, "-o", "json"));
+    expect(existsSync(cgroupDir)).toBe(false);
     expect(stopped.status).toBe("stopped");
     expect(processGone(before.vmm.pid)).toBe(true);
     expect(inNetns(["ip", "link", "show", before.net.tapName]).status).not.toBe(0);
