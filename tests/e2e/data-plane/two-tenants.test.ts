@@ -214,4 +214,12 @@ describe.skipIf(skipReason !== null)("data plane: real microVMs for two tenants"
     const next = ok(mvm("instance", "create", `${a.tenant}/web`, "-o", "json"));
     expect(next.net.guestIp).toBe(gone.net.guestIp);
   });
+
+  it("mvm dev runs a command in a fresh microVM and destroys it afterwards", () => {
+    const r = mvm("dev", "--", "sh", "-c", "echo dev-$(hostname); exit 4");
+    expect(r.code, r.stderr).toBe(4);
+    expect(r.stdout).toMatch(/^dev-i-[0-9a-f]{8}\n$/);
+    expect(ok<unknown[]>(mvm("instance", "list", "--tenant", "dev", "-o", "json"))).toEqual([]);
+    expect(mvm("tenant", "destroy", "dev", "--force").code).toBe(0);
+  }, 180_000);
 });
