@@ -17,4 +17,6 @@ export interface CliContext {
   /** Results go to stdout; diagnostics go to stderr. */
   write(text: string): void;
   warn(text: string): void;
+  /** The environment the command runs in (agent connection defaults such as MVM_CA). */
+  env: NodeJS.ProcessEnv;
 }

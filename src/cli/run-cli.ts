@@ -43,6 +43,7 @@ function createContext(io: CliIo): CliContext {
     },
     write: io.stdout,
     warn: io.stderr,
+    env: io.env,
   };
 }
 

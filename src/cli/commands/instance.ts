@@ -7,6 +7,7 @@ import type { CliContext, GlobalOptions } from "../context.js";
 import { renderList, renderRecord, type Column } from "../output.js";
 import { requiredPositional } from "./flags.js";
 import { registerInstanceRuntimeCommands } from "./instance-runtime.js";
+import { registerInstanceWatchCommand } from "./watch.js";
 
 const INSTANCE_COLUMNS: Column<Instance>[] = [
   { header: "INSTANCE", cell: (i) => `${i.tenantId}/${i.poolId}/${i.instanceId}` },
@@ -20,7 +21,7 @@ const INSTANCE_COLUMNS: Column<Instance>[] = [
 
 export function registerInstanceCommands(yargs: Argv<GlobalOptions>, ctx: CliContext): Argv<GlobalOptions> {
   return yargs.command("instance", "manage instances: one microVM each", (y) =>
-    registerInstanceRuntimeCommands(y, ctx)
+    registerInstanceWatchCommand(registerInstanceRuntimeCommands(y, ctx), ctx, ctx.env)
       .command(
         "create [path]",
         "create an instance record in a pool (allocates IP, TAP and MAC; max_instances_per_pool is enforced)",
@@ -74,6 +75,6 @@ export function registerInstanceCommands(yargs: Argv<GlobalOptions>, ctx: CliCon
           ctx.warn(`destroyed instance ${key.tenantId}/${key.poolId}/${key.instanceId}\n`);
         },
       )
-      .demandCommand(1, "instance: a subcommand is required (create, list, info, start, stop, exec, ssh, logs, stats, destroy)"),
+      .demandCommand(1, "instance: a subcommand is required (create, list, info, start, stop, exec, ssh, logs, stats, watch, destroy)"),
   );
 }

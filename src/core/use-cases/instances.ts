@@ -6,7 +6,6 @@ import { idViolations, instanceIdViolations, newInstanceId } from "../ids.js";
 import { INSTANCE_STATUSES, SCHEMA_VERSION, type Instance, type InstanceStatus, type WorkerPool } from "../model.js";
 import { macAddress, tapName } from "../naming.js";
 import { assertQuota, computeUsage } from "../quota.js";
-import { planTransition } from "../state-machine.js";
 import { allocateGuestAddress, parseCidr } from "../subnet.js";
 import { enumViolations } from "../validation.js";
 import { audited } from "./audit-trail.js";
@@ -132,23 +131,4 @@ export async function listInstances(deps: RecordDeps, filter: InstanceFilter = {
     result.push(...(await tenantInstances(deps, pools)));
   }
   return result.filter((i) => filter.status === undefined || i.status === filter.status);
-}
-
-/**
- * Removes an instance record, releasing its IP, TAP name and MAC for the next create. The state machine is asked
- * first so that the rule lives in one place; tearing down a running VMM is the data plane's job and comes before this.
- */
-export async function destroyInstanceRecord(deps: RecordDeps, key: InstanceKey): Promise<Instance> {
-  return audited(deps, { tenantId: key.tenantId, action: "instance_destroy", target: `${key.tenantId}/${key.poolId}/${key.instanceId}` }, async () => {
-    const violations = keyViolations(key);
-    if (violations.length > 0) throw invalid(violations);
-    const { store } = deps;
-    return store.withTenantLock(key.tenantId, async () => {
-      const instance = await store.getInstance(key.tenantId, key.poolId, key.instanceId);
-      if (!instance) throw notFound(`instance ${key.tenantId}/${key.poolId}/${key.instanceId}`);
-      planTransition(instance.status, "destroy");
-      await store.deleteInstance(key.tenantId, key.poolId, key.instanceId);
-      return { ...instance, status: "destroyed", updatedAt: timestamp(deps.clock) };
-    });
-  });
 }

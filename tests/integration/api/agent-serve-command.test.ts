@@ -61,7 +61,7 @@ describe("mvm agent serve", () => {
       return runtime;
     };
     const warnings: string[] = [];
-    const ctx: CliContext = { deps: async () => runtime as NodeRuntime, write: () => undefined, warn: (t) => warnings.push(t) };
+    const ctx: CliContext = { deps: async () => runtime as NodeRuntime, write: () => undefined, warn: (t) => warnings.push(t), env: process.env };
     const socket = join(dir, "agent.sock");
     const parser = yargs(["agent", "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "none", "--socket", socket])
       .option("output", { type: "string", default: "table" })

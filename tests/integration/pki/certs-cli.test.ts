@@ -40,6 +40,7 @@ function context(): CliContext {
     }) as unknown as NodeRuntime,
     write: (text) => (stdout += text),
     warn: (text) => (stderr += text),
+    env: process.env,
   };
 }
 

@@ -41,6 +41,7 @@ async function run(argv: string[]): Promise<{ code: number; stdout: string; stde
     deps: async () => ({ store: { dataRoot: root } }) as unknown as NodeRuntime,
     write: (t) => (stdout += t),
     warn: (t) => (stderr += t),
+    env: process.env,
   };
   const parser = registerAuditCommands(
     yargs(argv)

@@ -1,8 +1,10 @@
 import { describe, expect, it } from "vitest";
 import type { AuditEntry, AuditLog, AuditRecord, InstanceEvent } from "../../../src/core/observability-ports.js";
 import { observeInstanceWrites } from "../../../src/core/observed-store.js";
-import type { RecordDeps } from "../../../src/core/use-cases/deps.js";
-import { createInstance, destroyInstanceRecord } from "../../../src/core/use-cases/instances.js";
+import { destroyInstance, type DataPlaneDeps } from "../../../src/core/use-cases/lifecycle.js";
+import { FakeDataPlane } from "../../../src/runtime/fake/fake-data-plane.js";
+import { fakeDataPlaneDeps } from "../../helpers/fake-data-plane-deps.js";
+import { createInstance } from "../../../src/core/use-cases/instances.js";
 import { createPool, destroyPool } from "../../../src/core/use-cases/pools.js";
 import { createTenant, destroyTenant } from "../../../src/core/use-cases/tenants.js";
 import { MemoryStore } from "../../../src/runtime/fake/memory-store.js";
@@ -15,18 +17,17 @@ class RecordingAuditLog implements AuditLog {
   }
 }
 
-function makeDeps(events: InstanceEvent[] = []): RecordDeps & { audit: RecordingAuditLog } {
-  let n = 0;
+function makeDeps(events: InstanceEvent[] = []): DataPlaneDeps & { audit: RecordingAuditLog } {
+  const store = observeInstanceWrites(new MemoryStore(), { publish: (e) => events.push(e) });
   return {
-    store: observeInstanceWrites(new MemoryStore(), { publish: (e) => events.push(e) }),
-    clock: { nowMs: () => 1_700_000_000_000 + n++ },
-    ids: { randomHex: (b: number) => (n++).toString(16).padStart(b * 2, "0") },
-    keys: { ed25519: () => ({ publicKey: "ssh-ed25519 AAAA k", privateKey: "K" }) },
-    networkPool: { cidr: "10.240.0.0/12", prefixLen: 24 },
+    ...fakeDataPlaneDeps(new FakeDataPlane(), store),
     audit: new RecordingAuditLog(),
     actor: { kind: "admin", id: "spiffe://mvm.local/admin" },
   };
 }
+
+const destroyInstanceRecord = (deps: DataPlaneDeps, key: { tenantId: string; poolId: string; instanceId: string }) =>
+  destroyInstance(deps, key);
 
 describe("audit trail of the record use cases", () => {
   it("writes one success entry per action, with the actor and target", async () => {

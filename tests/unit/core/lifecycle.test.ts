@@ -1,6 +1,6 @@
 import { beforeEach, describe, expect, it } from "vitest";
 import { isMvmError } from "../../../src/core/errors.js";
-import type { HypervisorKind, Instance } from "../../../src/core/model.js";
+import type { Instance } from "../../../src/core/model.js";
 import { createInstance } from "../../../src/core/use-cases/instances.js";
 import {
   destroyInstance,
@@ -13,38 +13,10 @@ import {
 import { createPool, updatePool } from "../../../src/core/use-cases/pools.js";
 import { createTenant } from "../../../src/core/use-cases/tenants.js";
 import { FakeDataPlane, type FakeFailPoint } from "../../../src/runtime/fake/fake-data-plane.js";
-import { MemoryStore } from "../../../src/runtime/fake/memory-store.js";
+import { fakeDataPlaneDeps } from "../../helpers/fake-data-plane-deps.js";
 
 let plane: FakeDataPlane;
 let deps: DataPlaneDeps;
-let counter = 0;
-
-function makeDeps(): DataPlaneDeps {
-  const store = new MemoryStore();
-  return {
-    store,
-    clock: { nowMs: () => 1_700_000_000_000 + counter++ },
-    ids: { randomHex: (n: number) => (counter++).toString(16).padStart(n * 2, "0") },
-    keys: { ed25519: (c: string) => ({ publicKey: `ssh-ed25519 AAAA ${c}`, privateKey: "PRIVATE" }) },
-    networkPool: { cidr: "10.240.0.0/12", prefixLen: 24 },
-    vmm: (kind: HypervisorKind) => plane.vmm(kind),
-    chooseHypervisor: async () => "qemu",
-    network: plane.network("mvm-test"),
-    cgroups: plane.cgroupsPort(),
-    volumes: plane.volumes(),
-    guest: plane.guest((argv) => ({ exitCode: 0, stdout: `ran ${argv.join(" ")}\n`, stderr: "" })),
-    paths: {
-      revisionDir: (t, p, r) => `/data/${t}/${p}/revisions/${r}`,
-      instanceDir: (t, p, i) => `/data/${t}/${p}/instances/${i}`,
-      tenantPrivateKey: (t) => `/data/${t}/ssh/id_ed25519`,
-      keptDataDisk: (t, p, i) => `/data/${t}/${p}/kept/${i}/data.ext4`,
-    },
-    cgroupLimits: (pool) => ({ memoryBytes: pool.resources.memMib * 1024 * 1024, cpuQuotaUs: 100_000, cpuPeriodUs: 100_000, pidsMax: 64 }),
-    metadataPort: 8169,
-    bootTimeoutMs: 1000,
-    stopTimeoutMs: 1000,
-  };
-}
 
 async function builtPool(dataDiskMib = 0, quotas = {}): Promise<Instance> {
   await createTenant(deps, { tenantId: "acme", quotas });
@@ -58,7 +30,7 @@ const keyOf = (i: Instance) => ({ tenantId: i.tenantId, poolId: i.poolId, instan
 
 beforeEach(() => {
   plane = new FakeDataPlane();
-  deps = makeDeps();
+  deps = fakeDataPlaneDeps(plane);
 });
 
 describe("start", () => {
