@@ -122,6 +122,9 @@ describe.skipIf(skipReason !== null)("data plane: real microVMs for two tenants"
     const r = inGuest(paths.a1, "uname -s; hostname; exit 3");
     expect(r.code).toBe(3);
     expect(r.stdout.split("\n")).toEqual(["Linux", paths.a1.split("/")[2], ""]);
+    const logs = mvm("instance", "logs", paths.a1);
+    expect(logs.code).toBe(0);
+    expect(logs.stdout).toContain(`MVM-READY ${paths.a1.split("/")[2]}`);
   });
 
   it("lets instances of one tenant reach each other", () => {
