@@ -182,23 +182,36 @@ export async function startInstance(deps: DataPlaneDeps, key: InstanceKey): Prom
       const netPlan = tenantNetworkPlan(tenant, deps.metadataPort);
       const rollback = new Rollback();
       try {
-        await deps.network.ensureTenant(netPlan);
-        await deps.network.ensureTap(netPlan, { name: instance.net.tapName, mac: instance.net.mac, guestIp: instance.net.guestIp });
+        // Network, cgroups and disks do not depend on each other: prepared side by side. Each undo is registered
+        // before its step (the undos are idempotent), so a step that fails half way is cleaned up too.
         rollback.add("remove TAP", () => deps.network.removeTap(netPlan, instance.net.tapName));
-        const { procsFiles } = await deps.cgroups.ensure(cgroupKey(instance), deps.cgroupLimits(pool));
         rollback.add("remove cgroup", () => deps.cgroups.remove(cgroupKey(instance)));
-
-        await deps.volumes.createRootOverlay(`${revisionDir}/${REVISION_FILES.rootfs}`, files.rootOverlay);
-        const disks: VmDisk[] = [{ role: "root", path: files.rootOverlay, format: "qcow2", readOnly: false }];
-        if (pool.resources.dataDiskMib > 0) {
-          await deps.volumes.ensureDataDisk(files.dataDisk, pool.resources.dataDiskMib);
-          disks.push({ role: "data", path: files.dataDisk, format: "raw", readOnly: false });
-        } else {
-          await deps.volumes.ensureDataDisk(files.dataPlaceholder, 0);
-          disks.push({ role: "data", path: files.dataPlaceholder, format: "raw", readOnly: true });
-        }
-        await deps.volumes.buildSecretsDisk(files.secretsDisk, secretsFiles(tenant, pool, instance, revision));
-        disks.push({ role: "secrets", path: files.secretsDisk, format: "raw", readOnly: true });
+        const prepareNetwork = async () => {
+          await deps.network.ensureTenant(netPlan);
+          await deps.network.ensureTap(netPlan, { name: instance.net.tapName, mac: instance.net.mac, guestIp: instance.net.guestIp });
+        };
+        const prepareDisks = async (): Promise<VmDisk[]> => {
+          const disks: VmDisk[] = [{ role: "root", path: files.rootOverlay, format: "qcow2", readOnly: false }];
+          await deps.volumes.createRootOverlay(`${revisionDir}/${REVISION_FILES.rootfs}`, files.rootOverlay);
+          if (pool.resources.dataDiskMib > 0) {
+            await deps.volumes.ensureDataDisk(files.dataDisk, pool.resources.dataDiskMib);
+            disks.push({ role: "data", path: files.dataDisk, format: "raw", readOnly: false });
+          } else {
+            await deps.volumes.ensureDataDisk(files.dataPlaceholder, 0);
+            disks.push({ role: "data", path: files.dataPlaceholder, format: "raw", readOnly: true });
+          }
+          await deps.volumes.buildSecretsDisk(files.secretsDisk, secretsFiles(tenant, pool, instance, revision));
+          disks.push({ role: "secrets", path: files.secretsDisk, format: "raw", readOnly: true });
+          return disks;
+        };
+        const [network, cgroup, prepared] = await Promise.allSettled([
+          prepareNetwork(),
+          deps.cgroups.ensure(cgroupKey(instance), deps.cgroupLimits(pool)),
+          prepareDisks(),
+        ]);
+        for (const step of [network, cgroup, prepared]) if (step.status === "rejected") throw step.reason;
+        const procsFiles = (cgroup as PromiseFulfilledResult<{ procsFiles: string[] }>).value.procsFiles;
+        const disks = (prepared as PromiseFulfilledResult<VmDisk[]>).value;
 
         const vmm = deps.vmm(hypervisor);
         const process: VmmProcess = await vmm.boot({
