@@ -154,8 +154,12 @@ export function createLinuxNetwork(options: LinuxNetworkOptions): Network {
     } else if (bridge.kind !== "bridge") {
       throw failedPrecondition(`interface ${plan.bridgeName} exists but is a ${bridge.kind ?? "plain"} interface, not a bridge; remove it first`);
     }
-    await ip(["addr", "replace", `${plan.gatewayIp}/${plan.prefixLen}`, "dev", plan.bridgeName]);
-    await ip(["link", "set", "dev", plan.bridgeName, "up"]);
+    // Each start ensures its tenant's network, so what is already in place is not set again (one process fewer
+    // per step on the start path); the nft rules below are always re-applied, they are what keeps tenants apart.
+    if (!bridge?.ipv4.includes(`${plan.gatewayIp}/${plan.prefixLen}`)) {
+      await ip(["addr", "replace", `${plan.gatewayIp}/${plan.prefixLen}`, "dev", plan.bridgeName]);
+    }
+    if (!bridge?.up) await ip(["link", "set", "dev", plan.bridgeName, "up"]);
     // Per namespace: inside a netns this touches only the data plane's own forwarding.
     await sysctl(["-w", "net.ipv4.ip_forward=1"]);
     await applyNft(ensureTenantInetScript(plan), inetDispatchOf(plan));
@@ -186,8 +190,7 @@ export function createLinuxNetwork(options: LinuxNetworkOptions): Network {
     // pairs for guests); only a missing one is created as a TAP.
     const existing = all.find((l) => l.name === tap.name);
     if (existing === undefined) await ip(["tuntap", "add", "dev", tap.name, "mode", "tap"]);
-    if (existing?.master !== plan.bridgeName) await ip(["link", "set", "dev", tap.name, "master", plan.bridgeName]);
-    await ip(["link", "set", "dev", tap.name, "up"]);
+    await ip(["link", "set", "dev", tap.name, ...(existing?.master !== plan.bridgeName ? ["master", plan.bridgeName] : []), "up"]);
   }
 
   async function removeTap(plan: TenantNetworkPlan, tapName: string): Promise<void> {

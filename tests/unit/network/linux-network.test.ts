@@ -78,10 +78,24 @@ describe("linux network adapter (scripted commands)", () => {
     expect(joined(calls)).toEqual([
       "ip -d -j addr show",
       "ip addr replace 10.201.1.1/24 dev br-mvm-1",
-      "ip link set dev br-mvm-1 up",
       "sysctl -w net.ipv4.ip_forward=1",
       "nft -f -",
     ]);
+  });
+
+  it("sets the gateway address and brings the bridge up only when they are missing, and always re-applies the rules", async () => {
+    const down = JSON.stringify([{ ifname: "br-mvm-1", flags: [], linkinfo: { info_kind: "bridge" }, addr_info: [] }]);
+    const fresh = scriptedRunner((argv) => (argv.includes("show") ? { stdout: down } : undefined));
+    await createLinuxNetwork({ netns: null, run: fresh.run }).ensureTenant(plan);
+    expect(joined(fresh.calls)).toContain("ip addr replace 10.201.1.1/24 dev br-mvm-1");
+    expect(joined(fresh.calls)).toContain("ip link set dev br-mvm-1 up");
+
+    const ready = JSON.stringify([
+      { ifname: "br-mvm-1", flags: ["UP"], linkinfo: { info_kind: "bridge" }, addr_info: [{ family: "inet", local: "10.201.1.1", prefixlen: 24 }] },
+    ]);
+    const inPlace = scriptedRunner((argv) => (argv.includes("show") ? { stdout: ready } : undefined));
+    await createLinuxNetwork({ netns: null, run: inPlace.run }).ensureTenant(plan);
+    expect(joined(inPlace.calls)).toEqual(["ip -d -j addr show", "sysctl -w net.ipv4.ip_forward=1", "nft -f -"]);
   });
 
   it("refuses to take over an interface of the bridge's name that is not a bridge", async () => {
@@ -99,8 +113,7 @@ describe("linux network adapter (scripted commands)", () => {
       "ip -d -j addr show",
       "nft -f -",
       "ip tuntap add dev tn1i3 mode tap",
-      "ip link set dev tn1i3 master br-mvm-1",
-      "ip link set dev tn1i3 up",
+      "ip link set dev tn1i3 master br-mvm-1 up",
     ]);
     expect(calls[1]?.input).toContain("add rule bridge mvm tap_tn1i3 ip saddr != 10.201.1.3 drop");
   });
@@ -109,7 +122,7 @@ describe("linux network adapter (scripted commands)", () => {
     const elsewhere = JSON.stringify([...JSON.parse(bridgeJson), { ifname: "tn1i3", flags: ["UP"], master: "br-mvm-9", linkinfo: { info_kind: "tun" } }]);
     const moved = scriptedRunner((argv) => (argv.includes("show") ? { stdout: elsewhere } : undefined));
     await createLinuxNetwork({ netns: null, run: moved.run }).ensureTap(plan, tap);
-    expect(joined(moved.calls).slice(2)).toEqual(["ip link set dev tn1i3 master br-mvm-1", "ip link set dev tn1i3 up"]);
+    expect(joined(moved.calls).slice(2)).toEqual(["ip link set dev tn1i3 master br-mvm-1 up"]);
 
     const inPlace = elsewhere.replace("br-mvm-9", "br-mvm-1");
     const kept = scriptedRunner((argv) => (argv.includes("show") ? { stdout: inPlace } : undefined));
