@@ -160,8 +160,9 @@ export function createLinuxNetwork(options: LinuxNetworkOptions): Network {
       await ip(["addr", "replace", `${plan.gatewayIp}/${plan.prefixLen}`, "dev", plan.bridgeName]);
     }
     if (!bridge?.up) await ip(["link", "set", "dev", plan.bridgeName, "up"]);
-    // Per namespace: inside a netns this touches only the data plane's own forwarding.
-    await sysctl(["-w", "net.ipv4.ip_forward=1"]);
+    // Per namespace: inside a netns this touches only the data plane's own forwarding. Set when a tenant's bridge is
+    // created, not on every start: it stays set, and `net verify` checks it (and `--fix` sets it again).
+    if (bridge === null) await sysctl(["-w", "net.ipv4.ip_forward=1"]);
     await applyNft(ensureTenantInetScript(plan), inetDispatchOf(plan));
   }
 
@@ -232,6 +233,7 @@ export function createLinuxNetwork(options: LinuxNetworkOptions): Network {
       }
     };
     await attempt("tenant network", () => ensureTenant(plan));
+    await attempt("ip forwarding", async () => void (await sysctl(["-w", "net.ipv4.ip_forward=1"])));
     for (const tap of expectedTaps) await attempt(`tap ${tap.name}`, () => ensureTap(plan, tap));
     for (const name of strayTaps) await attempt(`stray tap ${name}`, () => removeTapAndGuard(name));
     return failures;

@@ -75,12 +75,14 @@ describe("linux network adapter (scripted commands)", () => {
     const { run, calls } = scriptedRunner((argv) => (argv.includes("show") ? { stdout: bridgeJson } : undefined));
     const net = createLinuxNetwork({ netns: null, run });
     await net.ensureTenant(plan);
-    expect(joined(calls)).toEqual([
-      "ip -d -j addr show",
-      "ip addr replace 10.201.1.1/24 dev br-mvm-1",
-      "sysctl -w net.ipv4.ip_forward=1",
-      "nft -f -",
-    ]);
+    expect(joined(calls)).toEqual(["ip -d -j addr show", "ip addr replace 10.201.1.1/24 dev br-mvm-1", "nft -f -"]);
+  });
+
+  it("turns on forwarding when it creates the bridge", async () => {
+    const { run, calls } = scriptedRunner((argv) => (argv.includes("show") ? { stdout: "[]" } : undefined));
+    await createLinuxNetwork({ netns: null, run }).ensureTenant(plan);
+    expect(joined(calls)).toContain("ip link add name br-mvm-1 type bridge");
+    expect(joined(calls)).toContain("sysctl -w net.ipv4.ip_forward=1");
   });
 
   it("sets the gateway address and brings the bridge up only when they are missing, and always re-applies the rules", async () => {
@@ -95,7 +97,7 @@ describe("linux network adapter (scripted commands)", () => {
     ]);
     const inPlace = scriptedRunner((argv) => (argv.includes("show") ? { stdout: ready } : undefined));
     await createLinuxNetwork({ netns: null, run: inPlace.run }).ensureTenant(plan);
-    expect(joined(inPlace.calls)).toEqual(["ip -d -j addr show", "sysctl -w net.ipv4.ip_forward=1", "nft -f -"]);
+    expect(joined(inPlace.calls)).toEqual(["ip -d -j addr show", "nft -f -"]);
   });
 
   it("refuses to take over an interface of the bridge's name that is not a bridge", async () => {
