@@ -41,47 +41,9 @@ if (!existsSync(cliMain)) {
 const { createClient } = await import("@connectrpc/connect");
 const { createGrpcTransport } = await import("@connectrpc/connect-node");
 const { openNodeRuntime } = await import(dist("src/agent/node-runtime.js"));
-const { createTenant } = await import(dist("src/core/use-cases/tenants.js"));
-const { createPool } = await import(dist("src/core/use-cases/pools.js"));
-const { createInstance } = await import(dist("src/core/use-cases/instances.js"));
-const { macAddress, tapName } = await import(dist("src/core/naming.js"));
-const { allocateGuestAddress, parseCidr } = await import(dist("src/core/subnet.js"));
 const { createMtlsClientOptions } = await import(dist("src/platform/pki/index.js"));
 const { InstanceService } = await import(dist("gen/mvm/v1/instance_service_pb.js"));
-
-/**
- * Writes `count` instance records spread over `tenants` tenants (one pool each). The first instance of each pool
- * comes from the createInstance use case; the rest are copies of it with their own ID, address, tap and MAC, written
- * straight to the store, because the use case re-reads every record of the node on each create (quadratic: minutes
- * for 1000).
- */
-async function seedInstances(runtime, count, tenants) {
-  const perTenant = Math.ceil(count / tenants);
-  const taken = new Set();
-  let written = 0;
-  for (let t = 0; t < tenants && written < count; t++) {
-    const tenantId = `bench-${t}`;
-    const tenant = await createTenant(runtime, { tenantId, quotas: { maxInstancesPerPool: perTenant } });
-    await createPool(runtime, { tenantId, poolId: "web" }, {});
-    const template = await createInstance(runtime, { tenantId, poolId: "web" });
-    taken.add(template.instanceId);
-    written++;
-    const subnet = parseCidr(tenant.network.ipv4Subnet, "network.ipv4_subnet");
-    const usedIps = new Set([template.net.guestIp]);
-    for (let i = 1; i < perTenant && written < count; i++) {
-      let instanceId;
-      do instanceId = `i-${runtime.ids.randomHex(4)}`;
-      while (taken.has(instanceId));
-      taken.add(instanceId);
-      const { ip, offset } = allocateGuestAddress(subnet, usedIps);
-      usedIps.add(ip);
-      const netId = tenant.network.netId;
-      const net = { ...template.net, guestIp: ip, tapName: tapName(netId, offset), mac: macAddress(netId, offset) };
-      await runtime.store.putInstance({ ...template, instanceId, net });
-      written++;
-    }
-  }
-}
+const { seedInstances } = await import("./lib/seed-instances.mjs");
 
 const mvm = (dataRoot, ...args) => run(process.execPath, [cliMain, "--data-dir", dataRoot, ...args], { env: agentEnv() });
 
