@@ -62,6 +62,19 @@ export interface VmmCapabilities {
   notes: string[];
 }
 
+export type VmSnapshotType = "full" | "diff";
+
+/** Files of one VM snapshot as the VMM wrote them (uncompressed; compression and hashing are the caller's). */
+export interface VmSnapshotFiles {
+  type: VmSnapshotType;
+  /** Guest memory (Firecracker's memory file) or the whole QEMU migration stream. */
+  memoryFile: string;
+  /** Firecracker's device-state file; null for QEMU, whose migration stream holds both. */
+  stateFile: string | null;
+  /** For a diff snapshot: the full snapshot it applies on; null otherwise. */
+  baseMemoryFile: string | null;
+}
+
 export interface Vmm {
   readonly kind: HypervisorKind;
   capabilities(): Promise<VmmCapabilities>;
@@ -69,6 +82,14 @@ export interface Vmm {
   boot(spec: VmLaunchSpec): Promise<VmmProcess>;
   pause(vmm: VmmProcess): Promise<void>;
   resume(vmm: VmmProcess): Promise<void>;
+  /** Writes a snapshot of a paused VM into `dir` (which exists); the VM stays paused. */
+  snapshot(vmm: VmmProcess, dir: string, type: VmSnapshotType): Promise<VmSnapshotFiles>;
+  /**
+   * Starts a new VMM from `snapshot` with the devices of `spec` (same disks and TAP, a fresh secrets disk) and
+   * resumes it; returns once the VM runs (the guest's wake hook is the caller's job). On failure nothing of it is left
+   * running.
+   */
+  restore(spec: VmLaunchSpec, snapshot: VmSnapshotFiles): Promise<VmmProcess>;
   /** Asks the guest to power off, waits up to `timeoutMs`, then kills the VMM. Idempotent. */
   shutdown(vmm: VmmProcess, timeoutMs: number): Promise<void>;
   /** True when the process with this pid and start time still runs. */

@@ -18,6 +18,8 @@ import type {
   Vmm,
   VmmCapabilities,
   VmmProcess,
+  VmSnapshotFiles,
+  VmSnapshotType,
   Volumes,
 } from "../../core/data-plane-ports.js";
 import type { HypervisorKind } from "../../core/model.js";
@@ -29,7 +31,9 @@ export type FakeFailPoint =
   | "createRootOverlay"
   | "ensureDataDisk"
   | "buildSecretsDisk"
-  | "boot";
+  | "boot"
+  | "snapshot"
+  | "restore";
 
 export class FakeDataPlane {
   readonly bridges = new Set<string>();
@@ -147,6 +151,19 @@ export class FakeDataPlane {
       },
       async pause() {},
       async resume() {},
+      async snapshot(p: VmmProcess, dir: string, type: VmSnapshotType): Promise<VmSnapshotFiles> {
+        plane.maybeFail("snapshot");
+        const memoryFile = `${dir}/memory`;
+        plane.files.set(memoryFile, `snapshot of pid ${p.pid}`);
+        return { type, memoryFile, stateFile: null, baseMemoryFile: null };
+      },
+      async restore(spec: VmLaunchSpec, snapshot: VmSnapshotFiles): Promise<VmmProcess> {
+        plane.maybeFail("restore");
+        if (!plane.files.has(snapshot.memoryFile)) throw new Error(`test double: no snapshot at ${snapshot.memoryFile}`);
+        const pid = plane.nextPid++;
+        plane.processes.set(pid, spec);
+        return { hypervisor: kind, pid, pidStartTime: pid * 10, apiSocket: `${spec.runDir}/qmp.sock`, serialLog: `${spec.runDir}/serial.log` };
+      },
       async shutdown(p: VmmProcess) {
         plane.processes.delete(p.pid);
       },
