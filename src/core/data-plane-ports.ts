@@ -142,6 +142,11 @@ export interface Network {
   /** TAP in the tenant bridge, with anti-spoofing rules for its MAC and IP. Idempotent. */
   ensureTap(plan: TenantNetworkPlan, tap: TapPlan): Promise<void>;
   removeTap(plan: TenantNetworkPlan, tapName: string): Promise<void>;
+  /**
+   * `ensureTenant` then `ensureTap`, as the start path needs them, with the same guarantees; an adapter may do both
+   * in fewer host commands.
+   */
+  ensureInstanceNetwork(plan: TenantNetworkPlan, tap: TapPlan): Promise<void>;
   /** Bytes through the TAP since it was created; null when it does not exist. */
   tapCounters(tapName: string): Promise<{ rxBytes: number; txBytes: number } | null>;
   verify(plan: TenantNetworkPlan, expectedTaps: readonly TapPlan[], fix: boolean): Promise<TenantNetworkReport>;

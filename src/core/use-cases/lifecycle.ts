@@ -186,10 +186,8 @@ export async function startInstance(deps: DataPlaneDeps, key: InstanceKey): Prom
         // before its step (the undos are idempotent), so a step that fails half way is cleaned up too.
         rollback.add("remove TAP", () => deps.network.removeTap(netPlan, instance.net.tapName));
         rollback.add("remove cgroup", () => deps.cgroups.remove(cgroupKey(instance)));
-        const prepareNetwork = async () => {
-          await deps.network.ensureTenant(netPlan);
-          await deps.network.ensureTap(netPlan, { name: instance.net.tapName, mac: instance.net.mac, guestIp: instance.net.guestIp });
-        };
+        const prepareNetwork = () =>
+          deps.network.ensureInstanceNetwork(netPlan, { name: instance.net.tapName, mac: instance.net.mac, guestIp: instance.net.guestIp });
         const prepareDisks = async (): Promise<VmDisk[]> => {
           const disks: VmDisk[] = [{ role: "root", path: files.rootOverlay, format: "qcow2", readOnly: false }];
           await deps.volumes.createRootOverlay(`${revisionDir}/${REVISION_FILES.rootfs}`, files.rootOverlay);

@@ -73,6 +73,10 @@ export class FakeDataPlane {
       async removeTap(_plan: TenantNetworkPlan, tapName: string) {
         plane.taps.delete(tapName);
       },
+      async ensureInstanceNetwork(plan: TenantNetworkPlan, tap: TapPlan) {
+        await this.ensureTenant(plan);
+        await this.ensureTap(plan, tap);
+      },
       async tapCounters(tapName: string) {
         return plane.taps.has(tapName) ? { rxBytes: 0, txBytes: 0 } : null;
       },

@@ -194,6 +194,50 @@ export function createLinuxNetwork(options: LinuxNetworkOptions): Network {
     await ip(["link", "set", "dev", tap.name, ...(existing?.master !== plan.bridgeName ? ["master", plan.bridgeName] : []), "up"]);
   }
 
+  /**
+   * The start path in three host commands: one nft transaction with the tenant's rules and the TAP's guard (while
+   * the links are read), then one `ip -batch` for whatever of bridge, address and TAP is missing. nftables matches
+   * interfaces by name, so isolation and the guard are in force before the bridge or the TAP exist. A batch that
+   * trips over a link made meanwhile by another writer falls back to the step-by-step path.
+   */
+  async function ensureInstanceNetwork(plan: TenantNetworkPlan, tap: TapPlan): Promise<void> {
+    checkTenantPlan(plan);
+    checkTapPlan(plan, tap);
+    await ready();
+    const [all] = await Promise.all([
+      links(),
+      applyNft(`${ensureTenantInetScript(plan)}${ensureTapGuardScript(tap)}`, [
+        ...inetDispatchOf(plan),
+        { family: "bridge", entry: tapGuardDispatch(tap.name) },
+      ]),
+    ]);
+    const bridge = all.find((l) => l.name === plan.bridgeName) ?? null;
+    if (bridge !== null && bridge.kind !== "bridge") {
+      throw failedPrecondition(`interface ${plan.bridgeName} exists but is a ${bridge.kind ?? "plain"} interface, not a bridge; remove it first`);
+    }
+    const existingTap = all.find((l) => l.name === tap.name);
+    const batch: string[] = [];
+    if (bridge === null) batch.push(`link add name ${plan.bridgeName} type bridge`);
+    if (!bridge?.ipv4.includes(`${plan.gatewayIp}/${plan.prefixLen}`)) batch.push(`addr replace ${plan.gatewayIp}/${plan.prefixLen} dev ${plan.bridgeName}`);
+    if (!bridge?.up) batch.push(`link set dev ${plan.bridgeName} up`);
+    if (existingTap === undefined) batch.push(`tuntap add dev ${tap.name} mode tap`);
+    if (existingTap?.master !== plan.bridgeName || !existingTap.up) {
+      batch.push(`link set dev ${tap.name}${existingTap?.master !== plan.bridgeName ? ` master ${plan.bridgeName}` : ""} up`);
+    }
+    if (batch.length > 0) {
+      const applied = await run("ip", ipArgs(["-batch", "-"]), { timeoutMs, input: `${batch.join("\n")}\n` });
+      if (applied.exitCode !== 0) {
+        if (!/file exists/i.test(applied.stderr)) {
+          throw hostCommandError("ip", ipArgs(["-batch", "-"]), `exit code ${applied.exitCode}`, applied.stderr);
+        }
+        await ensureTenant(plan);
+        await ensureTap(plan, tap);
+        return;
+      }
+    }
+    if (bridge === null) await sysctl(["-w", "net.ipv4.ip_forward=1"]);
+  }
+
   async function removeTap(plan: TenantNetworkPlan, tapName: string): Promise<void> {
     checkTenantPlan(plan);
     checkTapName(tapName, "tap_name");
@@ -268,5 +312,5 @@ export function createLinuxNetwork(options: LinuxNetworkOptions): Network {
     return report(checks, checks.every((c) => c.ok));
   }
 
-  return { netns, ensureTenant, removeTenant, ensureTap, removeTap, tapCounters, verify };
+  return { netns, ensureTenant, removeTenant, ensureTap, removeTap, ensureInstanceNetwork, tapCounters, verify };
 }

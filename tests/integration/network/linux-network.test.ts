@@ -310,6 +310,42 @@ describe.skipIf(skipReason !== null)("linux network adapter in a test namespace"
     expect(await nftIn(["list", "table", "bridge", "mvm"])).not.toContain(`tap_${t.name}`);
   });
 
+  it("ensureInstanceNetwork makes a tenant and its TAP from nothing, idempotently, as ensureTenant + ensureTap do", async () => {
+    const C = tenant(3);
+    const c1: TapPlan = { name: tapName(3, 2), mac: macAddress(3, 2), guestIp: "10.201.3.2" };
+    const c2: TapPlan = { name: tapName(3, 3), mac: macAddress(3, 3), guestIp: "10.201.3.3" };
+    try {
+      await network.ensureInstanceNetwork(C, c1);
+      const bridge = JSON.parse(await must("ip", ["-n", dataPlaneNs, "-d", "-j", "addr", "show", "dev", C.bridgeName]))[0];
+      expect(bridge.linkinfo.info_kind).toBe("bridge");
+      expect(bridge.flags).toContain("UP");
+      expect(bridge.addr_info.map((a: { local: string }) => a.local)).toContain(C.gatewayIp);
+      const tap = JSON.parse(await must("ip", ["-n", dataPlaneNs, "-d", "-j", "link", "show", "dev", c1.name]))[0];
+      expect(tap).toMatchObject({ master: C.bridgeName, linkinfo: { info_kind: "tun" } });
+      expect(tap.flags).toContain("UP");
+      expect(await must("ip", ["netns", "exec", dataPlaneNs, "cat", "/proc/sys/net/ipv4/ip_forward"])).toMatch(/^1/);
+      // Second instance of the same tenant (bridge present) and a repeat of the first: both leave a clean network.
+      await network.ensureInstanceNetwork(C, c2);
+      await network.ensureInstanceNetwork(C, c1);
+      const report = await network.verify(C, [c1, c2], false);
+      expect(report.checks.filter((c) => !c.ok)).toEqual([]);
+      expect(report.ok).toBe(true);
+      // The guard is the TAP's own: the right MAC and IP in its chain.
+      const guard = await nftIn(["list", "chain", "bridge", "mvm", `tap_${c1.name}`]);
+      expect(guard).toContain(c1.mac);
+      expect(guard).toContain(c1.guestIp);
+      // An interface squatting on the bridge's name is refused, not taken over.
+      const D = tenant(4);
+      await must("ip", ["-n", dataPlaneNs, "tuntap", "add", "dev", D.bridgeName, "mode", "tap"]);
+      await expect(network.ensureInstanceNetwork(D, { name: tapName(4, 2), mac: macAddress(4, 2), guestIp: "10.201.4.2" })).rejects.toThrow(/not a bridge/);
+      await must("ip", ["-n", dataPlaneNs, "link", "del", D.bridgeName]);
+      await network.removeTenant(D);
+    } finally {
+      await network.removeTenant(C);
+    }
+    expect((await network.verify(A, [a1.tap, a2.tap], false)).ok).toBe(true);
+  });
+
   it("removes a tenant completely and leaves the other tenant working", async () => {
     await network.removeTenant(B);
     await network.removeTenant(B);

@@ -60,6 +60,49 @@ describe("linux network adapter (scripted commands)", () => {
     expect(calls.at(-1)?.input).toContain("add table inet mvm");
   });
 
+  it("ensureInstanceNetwork: one nft transaction for tenant and guard, then one ip batch for what is missing", async () => {
+    const fresh = scriptedRunner((argv) => {
+      if (argv.join(" ") === "ip netns list") return { stdout: "dp\n" };
+      if (argv.includes("show")) return { stdout: "[]" };
+      return undefined;
+    });
+    await createLinuxNetwork({ netns: "dp", run: fresh.run }).ensureInstanceNetwork(plan, tap);
+    expect(joined(fresh.calls).slice(1).sort()).toEqual(
+      ["ip -n dp -d -j addr show", "ip netns exec dp nft -f -", "ip -n dp -batch -", "ip netns exec dp sysctl -w net.ipv4.ip_forward=1"].sort(),
+    );
+    const nft = fresh.calls.find((c) => c.argv.includes("nft"));
+    expect(nft?.input).toContain("add table inet mvm");
+    expect(nft?.input).toContain(`add chain bridge mvm tap_${tap.name}`);
+    const batch = fresh.calls.find((c) => c.argv.includes("-batch"));
+    expect(batch?.input?.trim().split("\n")).toEqual([
+      "link add name br-mvm-1 type bridge",
+      "addr replace 10.201.1.1/24 dev br-mvm-1",
+      "link set dev br-mvm-1 up",
+      `tuntap add dev ${tap.name} mode tap`,
+      `link set dev ${tap.name} master br-mvm-1 up`,
+    ]);
+    // The guard is in place before the batch adds the TAP to the bridge.
+    expect(fresh.calls.findIndex((c) => c.argv.includes("nft"))).toBeLessThan(fresh.calls.indexOf(batch!));
+
+    // Bridge addressed and up, TAP already its port: rules only, no batch, no sysctl.
+    const addressed = [
+      { ifname: "br-mvm-1", flags: ["UP"], linkinfo: { info_kind: "bridge" }, addr_info: [{ family: "inet", local: "10.201.1.1", prefixlen: 24 }] },
+      { ifname: tap.name, flags: ["UP"], master: "br-mvm-1", linkinfo: { info_kind: "tun" }, addr_info: [] },
+    ];
+    const steady = scriptedRunner((argv) => (argv.includes("show") ? { stdout: JSON.stringify(addressed) } : undefined));
+    await createLinuxNetwork({ netns: null, run: steady.run }).ensureInstanceNetwork(plan, tap);
+    expect(joined(steady.calls).sort()).toEqual(["ip -d -j addr show", "nft -f -"]);
+
+    // A link made meanwhile by another writer: the batch fails with "File exists" and the step-by-step path runs.
+    const raced = scriptedRunner((argv) => {
+      if (argv.includes("-batch")) return { exitCode: 2, stderr: "RTNETLINK answers: File exists\nCommand failed -:1" };
+      if (argv.includes("show")) return { stdout: bridgeJson };
+      return undefined;
+    });
+    await createLinuxNetwork({ netns: null, run: raced.run }).ensureInstanceNetwork(plan, tap);
+    expect(joined(raced.calls)).toContain(`ip tuntap add dev ${tap.name} mode tap`);
+  });
+
   it("refuses to work in a namespace that does not exist, unless told to create it", async () => {
     const { run, calls } = scriptedRunner((argv) => (argv.join(" ") === "ip netns list" ? { stdout: "" } : { stdout: "[]" }));
     const net = createLinuxNetwork({ netns: "nope", run });
