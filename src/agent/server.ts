@@ -11,7 +11,7 @@ import http from "node:http";
 import http2 from "node:http2";
 import net, { type AddressInfo } from "node:net";
 import type { TLSSocket } from "node:tls";
-import { createContextValues, type ConnectRouter } from "@connectrpc/connect";
+import { createContextValues, type ConnectRouter, type ContextValues } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { Logger } from "pino";
 import { failedPrecondition, MvmError } from "../core/errors.js";
@@ -29,7 +29,8 @@ import { PEER_KEY, type PeerInfo } from "../api/auth.js";
 import { HealthStatusBoard, registerHealth } from "../api/health/index.js";
 import { IdempotencyCache } from "../api/idempotency.js";
 import { registerReflection } from "../api/reflection/index.js";
-import { apiInterceptors, MVM_SERVICES, registerApiServices } from "../api/routes.js";
+import { createGrpcUnaryLane, dispatchStream, type RegisteredService } from "../api/grpc-unary-lane.js";
+import { apiInterceptors, apiServices, MVM_SERVICES, registerApiServices } from "../api/routes.js";
 import { agentVersion, type AgentVersion } from "./agent-version.js";
 import { createHostNodeFacts } from "./host-node-facts.js";
 import type { NodeRuntime } from "./node-runtime-types.js";
@@ -179,9 +180,9 @@ export function buildAgentServer(options: AgentServerOptions): AgentServer {
     });
   }
 
-  function routes(deps: ApiDeps) {
+  function routes(deps: ApiDeps, services: readonly RegisteredService[]) {
     return (router: ConnectRouter) => {
-      registerApiServices(router, deps, { idempotency });
+      registerApiServices(router, deps, { idempotency }, services);
       registerHealth(router, health, { shutdownSignal: shutdown.signal });
       // Last, so that it lists every service above; the error details travel with it for clients to decode.
       registerReflection(router, { extraFiles: [file_mvm_v1_errors] });
@@ -240,6 +241,16 @@ export function buildAgentServer(options: AgentServerOptions): AgentServer {
     };
     const interceptors = apiInterceptors(deps, { trustDomain });
     const protocols = { grpc: true, grpcWeb: true, connect: true } as const;
+    const services = apiServices(deps, { idempotency });
+    /** Unary gRPC calls take the direct lane (grpc-unary-lane.ts); every other stream goes to Connect's adapter. */
+    const serveStreams = (
+      server: http2.Http2Server | http2.Http2SecureServer,
+      connectHandler: (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void,
+      contextValues: (stream: http2.ServerHttp2Stream) => ContextValues,
+    ) => {
+      const lane = createGrpcUnaryLane({ services, interceptors, contextValues, shutdownSignal: shutdown.signal });
+      server.on("stream", dispatchStream(lane, connectHandler));
+    };
 
     try {
       if (options.listen) {
@@ -248,21 +259,22 @@ export function buildAgentServer(options: AgentServerOptions): AgentServer {
         deps.certificates = { store, reload: () => reloadServerCertificate(tlsServer as http2.Http2SecureServer, store) };
         // TLS 1.3 without post-handshake authentication: a connection's peer certificate never changes.
         const peers = new WeakMap<object, PeerInfo>();
+        const peerContext = (socket: TLSSocket | undefined) => {
+          let peer = socket === undefined ? undefined : peers.get(socket);
+          if (peer === undefined) {
+            peer = { transport: "mtls", certificate: socket?.getPeerCertificate?.() ?? null };
+            if (socket !== undefined) peers.set(socket, peer);
+          }
+          return createContextValues().set(PEER_KEY, peer);
+        };
         const handler = connectNodeAdapter({
-          routes: routes(deps),
+          routes: routes(deps, services),
           interceptors,
           ...protocols,
-          contextValues: (req) => {
-            const socket = ("stream" in req ? req.stream.session?.socket : req.socket) as TLSSocket | undefined;
-            let peer = socket === undefined ? undefined : peers.get(socket);
-            if (peer === undefined) {
-              peer = { transport: "mtls", certificate: socket?.getPeerCertificate?.() ?? null };
-              if (socket !== undefined) peers.set(socket, peer);
-            }
-            return createContextValues().set(PEER_KEY, peer);
-          },
+          contextValues: (req) => peerContext(("stream" in req ? req.stream.session?.socket : req.socket) as TLSSocket | undefined),
         });
-        tlsServer = http2.createSecureServer(serverOptions, handler);
+        tlsServer = http2.createSecureServer(serverOptions);
+        serveStreams(tlsServer, handler, (stream) => peerContext(stream.session?.socket as TLSSocket | undefined));
         tlsServer.on("tlsClientError", (error, socket) => logger.warn({ reason: tlsClientRefusalReason(error, socket), remote: socket.remoteAddress }, "tls handshake refused"));
         trackSessions(tlsServer);
         await listen(tlsServer, options.listen);
@@ -270,13 +282,10 @@ export function buildAgentServer(options: AgentServerOptions): AgentServer {
       if (options.socketPath) {
         await prepareSocketPath(options.socketPath);
         const uid = process.getuid?.() ?? null;
-        const handler = connectNodeAdapter({
-          routes: routes(deps),
-          interceptors,
-          ...protocols,
-          contextValues: () => createContextValues().set(PEER_KEY, { transport: "local", uid }),
-        });
-        socketServer = http2.createServer(handler);
+        const contextValues = () => createContextValues().set(PEER_KEY, { transport: "local", uid });
+        const handler = connectNodeAdapter({ routes: routes(deps, services), interceptors, ...protocols, contextValues });
+        socketServer = http2.createServer();
+        serveStreams(socketServer, handler, contextValues);
         trackSessions(socketServer);
         // The socket is created 0600 (umask), not chmod'ed afterwards only, so no other user can ever connect.
         const previousUmask = process.umask(0o177);

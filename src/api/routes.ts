@@ -11,6 +11,7 @@ import { TenantService } from "../../gen/mvm/v1/tenant_service_pb.js";
 import type { ApiDeps } from "./api-deps.js";
 import { createAuthInterceptor, type AuthOptions } from "./auth.js";
 import { createCallObserver } from "./call-observer.js";
+import type { RegisteredService } from "./grpc-unary-lane.js";
 import { IdempotencyCache } from "./idempotency.js";
 import { agentService } from "./services/agent-service.js";
 import { instanceService } from "./services/instance-service.js";
@@ -45,13 +46,25 @@ export function apiInterceptors(deps: ApiDeps, options: ApiRoutesOptions): Inter
   ];
 }
 
-/** Registers every service of the contract on `router`. */
-export function registerApiServices(router: ConnectRouter, deps: ApiDeps, options: Pick<ApiRoutesOptions, "idempotency"> = {}): void {
+/** The implementations of every service of the contract, sharing one kit (idempotency cache, deps). */
+export function apiServices(deps: ApiDeps, options: Pick<ApiRoutesOptions, "idempotency"> = {}): RegisteredService[] {
   const kit = new ServiceKit(deps, options.idempotency);
-  router.service(AgentService, agentService(kit));
-  router.service(NodeService, nodeService(kit));
-  router.service(TenantService, tenantService(kit));
-  router.service(PoolService, poolService(kit));
-  router.service(InstanceService, instanceService(kit));
-  router.service(ReconcileService, reconcileService(kit));
+  return [
+    { service: AgentService, impl: agentService(kit) },
+    { service: NodeService, impl: nodeService(kit) },
+    { service: TenantService, impl: tenantService(kit) },
+    { service: PoolService, impl: poolService(kit) },
+    { service: InstanceService, impl: instanceService(kit) },
+    { service: ReconcileService, impl: reconcileService(kit) },
+  ];
+}
+
+/** Registers `services` (default: every service of the contract) on `router`. */
+export function registerApiServices(
+  router: ConnectRouter,
+  deps: ApiDeps,
+  options: Pick<ApiRoutesOptions, "idempotency"> = {},
+  services: readonly RegisteredService[] = apiServices(deps, options),
+): void {
+  for (const { service, impl } of services) router.service(service, impl as never);
 }

@@ -12,6 +12,7 @@
 
 import { randomBytes } from "node:crypto";
 import { link, lstat, mkdir, readFile, readdir, rename, rm, stat } from "node:fs/promises";
+import { lstatSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { MvmError, invalidField, notFound } from "../../core/errors.js";
 import { assertId, assertInstanceId, isValidId, isValidInstanceId } from "../../core/ids.js";
@@ -414,12 +415,13 @@ export class FsStore implements Store {
   }
 
   /** Whether every directory along `segments` exists; throws if one of them is a symlink or not a directory. */
+  /** Synchronous for the reason readJsonRecord gives: a few lstats of cached inodes, on every record read. */
   private async dirsExist(segments: string[]): Promise<boolean> {
     for (let i = 1; i <= segments.length; i++) {
       const rel = join(...segments.slice(0, i));
       let stat;
       try {
-        stat = await lstat(this.path(rel));
+        stat = lstatSync(this.path(rel));
       } catch (e) {
         if (errnoCode(e) === "ENOENT") return false;
         throw e;
