@@ -42,9 +42,10 @@ async function probeHypervisor(runtime: HostNodeFactsOptions["runtime"], kind: H
       version: caps.version ?? "",
       binaryPath,
       hardwareAcceleration: caps.kvmUsable,
-      // Sleep and wake (issue 6) are not implemented by any adapter yet, whatever the hypervisor could do.
-      snapshots: false,
-      diffSnapshots: false,
+      // Both adapters snapshot and restore: QEMU as one migration stream, Firecracker full (and diff when dirty page
+      // tracking is on).
+      snapshots: caps.available,
+      diffSnapshots: caps.available && caps.diffSnapshots,
     });
   } catch (e) {
     return create(HypervisorInfoSchema, {

@@ -2,7 +2,7 @@
 // into a guest. Real adapters live in src/runtime/{qemu,firecracker,network,cgroups,volumes,images,ssh}; in-memory
 // fakes in src/runtime/fake are for unit tests only.
 
-import type { BuildArtifact, HypervisorKind, ImageSource } from "./model.js";
+import type { BuildArtifact, Compression, HypervisorKind, ImageSource, SeccompPolicy, Timestamp } from "./model.js";
 
 // ── Hypervisor ────────────────────────────────────────────────────────────────────────────────────────────────────
 
@@ -37,6 +37,8 @@ export interface VmLaunchSpec {
   cgroupProcsFiles: string[];
   /** How long boot may take until the guest reports ready, ms. */
   bootTimeoutMs: number;
+  /** The pool's seccomp policy (Firecracker only; QEMU ignores it). Absent: the adapter's configured default. */
+  seccompPolicy?: SeccompPolicy;
 }
 
 /** A running VMM, identified by pid and start time so that a recycled pid is never mistaken for it. */
@@ -94,6 +96,78 @@ export interface Vmm {
   shutdown(vmm: VmmProcess, timeoutMs: number): Promise<void>;
   /** True when the process with this pid and start time still runs. */
   isAlive(vmm: VmmProcess): Promise<boolean>;
+}
+
+// ── Snapshots ─────────────────────────────────────────────────────────────────────────────────────────────────────
+
+/** The host properties a snapshot depends on; a snapshot is restored only on a host with the same stamp. */
+export interface HostCompatibility {
+  /** `model name` of /proc/cpuinfo. */
+  cpuModel: string;
+  /** Host kernel release (`uname -r`). */
+  hostKernel: string;
+  /** Version of the hypervisor that wrote (or would restore) the snapshot. */
+  vmmVersion: string;
+}
+
+/** SPEC §2 SnapshotMeta: what `meta.json` in an instance's snapshot directory records. */
+export interface SnapshotMeta {
+  type: VmSnapshotType;
+  hypervisor: HypervisorKind;
+  hypervisorVersion: string;
+  revision: string;
+  memMib: number;
+  compression: Compression;
+  /** Name (inside the snapshot directory) of the memory file or QEMU migration stream as stored (maybe compressed). */
+  memoryFile: string;
+  /** Name of Firecracker's device-state file (never compressed); null for QEMU. */
+  stateFile: string | null;
+  /** Bytes of the memory file as stored. */
+  memorySizeBytes: number;
+  stateSizeBytes: number;
+  /** Bytes of the memory file before compression. */
+  uncompressedSizeBytes: number;
+  /** Lowercase hex SHA-256 of the memory file as stored. */
+  sha256: string;
+  /** Lowercase hex SHA-256 of the state file; empty when there is none. */
+  stateSha256: string;
+  createdAt: Timestamp;
+  host: HostCompatibility;
+}
+
+/** What the caller knows about a snapshot the VMM has just written. */
+export interface SnapshotSealInfo {
+  hypervisor: HypervisorKind;
+  revision: string;
+  memMib: number;
+  compression: Compression;
+  createdAt: Timestamp;
+  host: HostCompatibility;
+}
+
+/** Snapshot files checked and ready for `Vmm.restore`; `release` removes what opening made (a decompressed copy). */
+export interface OpenedSnapshot {
+  files: VmSnapshotFiles;
+  release(): Promise<void>;
+}
+
+/** Snapshot directories on disk: compression, hashing, the meta file, the host stamp. */
+export interface SnapshotStore {
+  /** Makes `dir` an empty snapshot directory (0700), removing an earlier snapshot there. */
+  create(dir: string): Promise<void>;
+  /** This host's stamp for a hypervisor of version `vmmVersion`. */
+  hostStamp(vmmVersion: string): Promise<HostCompatibility>;
+  /** Compresses the VMM's files as asked, hashes them and writes `meta.json` last (a snapshot without it is torn). */
+  seal(dir: string, files: VmSnapshotFiles, info: SnapshotSealInfo): Promise<SnapshotMeta>;
+  /** The meta of the snapshot in `dir`; null when there is none (no directory or no meta file). */
+  readMeta(dir: string): Promise<SnapshotMeta | null>;
+  /**
+   * Checks the stored files against the meta's sizes and SHA-256 (a mismatch is a `failed_precondition` that names the
+   * file) and decompresses when needed; the snapshot itself is left as it is.
+   */
+  open(dir: string, meta: SnapshotMeta): Promise<OpenedSnapshot>;
+  /** Removes the snapshot directory. Idempotent. */
+  remove(dir: string): Promise<void>;
 }
 
 // ── Tenant networks ───────────────────────────────────────────────────────────────────────────────────────────────
@@ -190,6 +264,11 @@ export interface Cgroups {
 export interface Volumes {
   /** Copy-on-write disk of the instance over the revision's root image. */
   createRootOverlay(baseImage: string, overlayPath: string): Promise<void>;
+  /**
+   * A raw copy of the revision's root image (reflinked or sparse where the filesystem allows), for hypervisors that
+   * read raw images only (Firecracker). Kept across stop/start while the base is the same, replaced otherwise.
+   */
+  createRootCopy(baseImage: string, copyPath: string): Promise<void>;
   /** ext4 data disk, created once; an existing one is kept as it is. */
   ensureDataDisk(path: string, sizeMib: number): Promise<void>;
   /** Small ext4 image holding `files` (relative path → content), 0600 inside; rebuilt at every start and wake. */

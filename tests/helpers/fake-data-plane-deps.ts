@@ -19,6 +19,7 @@ export function fakeDataPlaneDeps(plane: FakeDataPlane, store: Store = new Memor
     network: plane.network("mvm-test"),
     cgroups: plane.cgroupsPort(),
     volumes: plane.volumes(),
+    snapshots: plane.snapshotStore(),
     guest: plane.guest((argv) => ({ exitCode: 0, stdout: `ran ${argv.join(" ")}\n`, stderr: "" })),
     paths: {
       revisionDir: (t, p, r) => `/data/${t}/${p}/revisions/${r}`,

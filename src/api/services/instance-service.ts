@@ -10,17 +10,22 @@ import type { Instance, InstanceStatus } from "../../core/model.js";
 import { planTransition, type Operation } from "../../core/state-machine.js";
 import { createInstance, getInstance, listInstances, type InstanceKey } from "../../core/use-cases/instances.js";
 import { destroyInstance, execInInstance, instanceLogPath, startInstance, stopInstance } from "../../core/use-cases/lifecycle.js";
+import { instanceSnapshot, resumeInstance, sleepInstance, wakeInstance, warmInstance } from "../../core/use-cases/sleep-wake.js";
 import type { WatchEvent } from "../../core/watch-hub.js";
 import { WATCH_OVERFLOW_MESSAGE } from "../../core/watch-hub.js";
-import type { InstanceRef } from "../../../gen/mvm/v1/common_pb.js";
+import { Compression, type InstanceRef } from "../../../gen/mvm/v1/common_pb.js";
 import {
   CreateInstanceRequestSchema,
   DestroyInstanceRequestSchema,
   ExecInstanceRequestSchema,
   InstanceService,
   LogSource,
+  ResumeInstanceRequestSchema,
+  SleepInstanceRequestSchema,
   StartInstanceRequestSchema,
   StopInstanceRequestSchema,
+  WakeInstanceRequestSchema,
+  WarmInstanceRequestSchema,
   WatchInstancesResponseSchema,
   type InstanceFilter as ProtoInstanceFilter,
   type InstanceLogLine,
@@ -28,20 +33,23 @@ import {
 } from "../../../gen/mvm/v1/instance_service_pb.js";
 import { InstanceStatus as ProtoInstanceStatus } from "../../../gen/mvm/v1/instance_pb.js";
 import type { ApiRuntime } from "../api-deps.js";
-import { instanceStatusFromProto } from "../convert/enums.js";
+import { compressionFromProto, instanceStatusFromProto } from "../convert/enums.js";
 import { instanceRefOf, instanceToProto } from "../convert/instance.js";
+import { snapshotMetaToProto } from "../convert/snapshot.js";
 import { instanceStateError, remapViolations } from "../errors.js";
 import { lastLines, LogFollower } from "../log-tail.js";
 import { filterKeyOf, paginate } from "../paging.js";
 import { callInfo, type CallInfo } from "../policy.js";
 import { untilShutdown } from "../streams.js";
 import { hasLabels } from "./tenant-service.js";
-import { notAvailable, type ServiceKit } from "./service-kit.js";
+import { type ServiceKit } from "./service-kit.js";
 
 export const DEFAULT_HEARTBEAT_MS = 15_000;
 const HEARTBEAT_RANGE = { min: 1_000, max: 300_000 };
 const MAX_BOOT_TIMEOUT_MS = 600_000;
 const MAX_STOP_TIMEOUT_MS = 600_000;
+const MAX_SLEEP_PREP_TIMEOUT_MS = 300_000;
+const MAX_WAKE_READY_TIMEOUT_MS = 600_000;
 const DEFAULT_EXEC_TIMEOUT_MS = 60_000;
 const MAX_EXEC_TIMEOUT_MS = 3_600_000;
 const MAX_EXEC_STDIN_BYTES = 1024 * 1024;
@@ -151,23 +159,6 @@ function capped(text: string): { bytes: Uint8Array; cut: boolean } {
 }
 
 export function instanceService(kit: ServiceKit): ServiceImpl<typeof InstanceService> {
-  /**
-   * Warm, resume, sleep and wake have no use case yet (issue 6). What the state machine decides is still answered
-   * truthfully: an instance already in the target state is returned unchanged, an illegal edge is
-   * FailedPrecondition with its detail, and only a legal transition is Unimplemented.
-   */
-  async function transitionWithoutUseCase(call: CallInfo, key: InstanceKey, op: Operation): Promise<Instance> {
-    const instance = await getInstance(kit.runtimeFor(call), key);
-    let noop = false;
-    try {
-      noop = planTransition(instance.status, op).kind === "noop";
-    } catch (e) {
-      throw instanceStateError((e as Error).message, key, instance.status, op);
-    }
-    if (noop) return instance;
-    throw notAvailable(`${op} (${instance.status} → ${op === "warm" ? "warm" : op === "sleep" ? "sleeping" : "running"})`, "the pause, snapshot and restore use cases of issue 6 are not implemented");
-  }
-
   return {
     async createInstance(req, context) {
       const call = callInfo(context);
@@ -206,8 +197,10 @@ export function instanceService(kit: ServiceKit): ServiceImpl<typeof InstanceSer
       const call = callInfo(context);
       const key = instanceKeyOf(req.instance);
       await kit.policy.requireTenant(call, key.tenantId, targetOf(key));
-      // No snapshot metadata is kept yet (sleep is issue 6), so `snapshot` is never set.
-      return { instance: instanceToProto(await getInstance(kit.runtimeFor(call), key)) };
+      const runtime = kit.runtimeFor(call);
+      const instance = await getInstance(runtime, key);
+      const snapshot = instance.status === "sleeping" ? await instanceSnapshot(runtime, key).catch(() => null) : null;
+      return { instance: instanceToProto(instance), ...(snapshot ? { snapshot: snapshotMetaToProto(snapshot) } : {}) };
     },
 
     async listInstances(req, context) {
@@ -253,28 +246,56 @@ export function instanceService(kit: ServiceKit): ServiceImpl<typeof InstanceSer
       const call = callInfo(context);
       const key = instanceKeyOf(req.instance);
       await kit.policy.requireTenant(call, key.tenantId, targetOf(key));
-      return { instance: instanceToProto(await transitionWithoutUseCase(call, key, "warm")) };
+      return kit.once(call, WarmInstanceRequestSchema, req, req.requestId, async () => {
+        const runtime = kit.runtimeFor(call);
+        const instance = await withStateDetail(runtime, key, "warm", () => withInstancePaths(() => warmInstance(runtime, key)));
+        return { instance: instanceToProto(instance) };
+      });
     },
 
     async resumeInstance(req, context) {
       const call = callInfo(context);
       const key = instanceKeyOf(req.instance);
       await kit.policy.requireTenant(call, key.tenantId, targetOf(key));
-      return { instance: instanceToProto(await transitionWithoutUseCase(call, key, "resume")) };
+      return kit.once(call, ResumeInstanceRequestSchema, req, req.requestId, async () => {
+        const runtime = kit.runtimeFor(call);
+        const instance = await withStateDetail(runtime, key, "resume", () => withInstancePaths(() => resumeInstance(runtime, key)));
+        return { instance: instanceToProto(instance) };
+      });
     },
 
     async sleepInstance(req, context) {
       const call = callInfo(context);
       const key = instanceKeyOf(req.instance);
+      const prepTimeoutMs = timeoutOverride(req.prepTimeoutMs, MAX_SLEEP_PREP_TIMEOUT_MS, "prep_timeout_ms");
+      const violations: FieldViolation[] = [];
+      const compression = req.compression === Compression.UNSPECIFIED ? undefined : compressionFromProto(req.compression, "compression", violations);
+      if (violations.length > 0) throw invalid(violations);
       await kit.policy.requireTenant(call, key.tenantId, targetOf(key));
-      return { instance: instanceToProto(await transitionWithoutUseCase(call, key, "sleep")) };
+      return kit.once(call, SleepInstanceRequestSchema, req, req.requestId, async () => {
+        const runtime = kit.runtimeFor(call);
+        const instance = await withStateDetail(runtime, key, "sleep", () =>
+          withInstancePaths(() =>
+            sleepInstance(runtime, key, { ...(prepTimeoutMs === undefined ? {} : { prepTimeoutMs }), ...(compression === undefined ? {} : { compression }) }),
+          ),
+        );
+        const snapshot = await instanceSnapshot(runtime, key).catch(() => null);
+        return { instance: instanceToProto(instance), ...(snapshot ? { snapshot: snapshotMetaToProto(snapshot) } : {}) };
+      });
     },
 
     async wakeInstance(req, context) {
       const call = callInfo(context);
       const key = instanceKeyOf(req.instance);
+      const readyTimeoutMs = timeoutOverride(req.readyTimeoutMs, MAX_WAKE_READY_TIMEOUT_MS, "ready_timeout_ms");
       await kit.policy.requireTenant(call, key.tenantId, targetOf(key));
-      return { instance: instanceToProto(await transitionWithoutUseCase(call, key, "wake")) };
+      return kit.once(call, WakeInstanceRequestSchema, req, req.requestId, async () => {
+        const runtime = kit.runtimeFor(call);
+        const instance = await withStateDetail(runtime, key, "wake", () =>
+          withInstancePaths(() => wakeInstance(runtime, key, readyTimeoutMs === undefined ? {} : { readyTimeoutMs })),
+        );
+        return { instance: instanceToProto(instance) };
+      });
     },
 
     async destroyInstance(req, context) {

@@ -16,8 +16,10 @@ import type {
   ExecResult,
   GuestChannel,
   Network,
+  SnapshotStore,
   TenantNetworkPlan,
   VmDisk,
+  VmLaunchSpec,
   Vmm,
   VmmProcess,
   Volumes,
@@ -42,6 +44,8 @@ export interface DataPlaneDeps extends RecordDeps {
   network: Network;
   cgroups: Cgroups;
   volumes: Volumes;
+  /** Snapshot directories of sleeping instances (compression, hashes, meta file). */
+  snapshots: SnapshotStore;
   guest: GuestChannel;
   paths: DataPlanePaths;
   cgroupLimits(pool: WorkerPool): CgroupLimits;
@@ -73,13 +77,13 @@ function keyViolations(key: InstanceKey) {
   ];
 }
 
-interface Loaded {
+export interface Loaded {
   tenant: Tenant;
   pool: WorkerPool;
   instance: Instance;
 }
 
-async function load(deps: RecordDeps, key: InstanceKey): Promise<Loaded> {
+export async function load(deps: RecordDeps, key: InstanceKey): Promise<Loaded> {
   const violations = keyViolations(key);
   if (violations.length > 0) throw invalid(violations);
   const tenant = await deps.store.getTenant(key.tenantId);
@@ -91,11 +95,11 @@ async function load(deps: RecordDeps, key: InstanceKey): Promise<Loaded> {
   return { tenant, pool, instance };
 }
 
-function cgroupKey(i: Instance): CgroupKey {
+export function cgroupKey(i: Instance): CgroupKey {
   return { tenantId: i.tenantId, poolId: i.poolId, instanceId: i.instanceId };
 }
 
-function setCondition(conditions: readonly Condition[], next: Omit<Condition, "lastTransitionAt">, at: string): Condition[] {
+export function setCondition(conditions: readonly Condition[], next: Omit<Condition, "lastTransitionAt">, at: string): Condition[] {
   const previous = conditions.find((c) => c.type === next.type);
   const changed = !previous || previous.status !== next.status;
   const merged: Condition = { ...next, lastTransitionAt: changed ? at : previous.lastTransitionAt };
@@ -109,16 +113,18 @@ export function instanceFiles(paths: DataPlanePaths, i: Instance) {
     runDir: `${dir}/run`,
     serialLog: `${dir}/run/serial.log`,
     rootOverlay: `${dir}/volumes/root.qcow2`,
-    /** Records which revision the overlay was made from, so a new revision gets a fresh overlay. */
-    rootOverlayRevision: `${dir}/volumes/root.revision`,
+    /** The raw root disk of a Firecracker instance (Firecracker cannot read qcow2). */
+    rootRaw: `${dir}/volumes/root.raw`,
     dataDisk: `${dir}/volumes/data.ext4`,
     dataPlaceholder: `${dir}/volumes/data-placeholder.raw`,
     secretsDisk: `${dir}/run/secrets.ext4`,
+    /** The snapshot of a sleeping instance (SPEC §5 `snapshot/`); removed on wake, stop and destroy. */
+    snapshotDir: `${dir}/snapshot`,
   };
 }
 
 /** Undo steps run newest first; a failing undo is remembered but does not stop the others. */
-class Rollback {
+export class Rollback {
   private readonly steps: Array<{ what: string; undo: () => Promise<void> }> = [];
 
   add(what: string, undo: () => Promise<void>): void {
@@ -138,13 +144,13 @@ class Rollback {
   }
 }
 
-function withRollbackFailures(error: unknown, failures: string[]): unknown {
+export function withRollbackFailures(error: unknown, failures: string[]): unknown {
   if (failures.length === 0) return error;
   const message = `${(error as Error).message}; cleanup also failed: ${failures.join("; ")}`;
   return error instanceof MvmError ? new MvmError(error.kind, message, error.violations, { cause: error }) : new Error(message, { cause: error });
 }
 
-function secretsFiles(tenant: Tenant, pool: WorkerPool, instance: Instance, revision: string): Record<string, string> {
+export function secretsFiles(tenant: Tenant, pool: WorkerPool, instance: Instance, revision: string): Record<string, string> {
   return {
     authorized_keys: `${tenant.sshPublicKey}\n`,
     "identity.json": `${JSON.stringify({
@@ -189,8 +195,16 @@ export async function startInstance(deps: DataPlaneDeps, key: InstanceKey): Prom
         const prepareNetwork = () =>
           deps.network.ensureInstanceNetwork(netPlan, { name: instance.net.tapName, mac: instance.net.mac, guestIp: instance.net.guestIp });
         const prepareDisks = async (): Promise<VmDisk[]> => {
-          const disks: VmDisk[] = [{ role: "root", path: files.rootOverlay, format: "qcow2", readOnly: false }];
-          await deps.volumes.createRootOverlay(`${revisionDir}/${REVISION_FILES.rootfs}`, files.rootOverlay);
+          const baseImage = `${revisionDir}/${REVISION_FILES.rootfs}`;
+          const disks: VmDisk[] = [];
+          // Firecracker reads raw images only: it gets a copy of the base instead of a qcow2 overlay.
+          if (hypervisor === "firecracker") {
+            await deps.volumes.createRootCopy(baseImage, files.rootRaw);
+            disks.push({ role: "root", path: files.rootRaw, format: "raw", readOnly: false });
+          } else {
+            await deps.volumes.createRootOverlay(baseImage, files.rootOverlay);
+            disks.push({ role: "root", path: files.rootOverlay, format: "qcow2", readOnly: false });
+          }
           if (pool.resources.dataDiskMib > 0) {
             await deps.volumes.ensureDataDisk(files.dataDisk, pool.resources.dataDiskMib);
             disks.push({ role: "data", path: files.dataDisk, format: "raw", readOnly: false });
@@ -212,23 +226,7 @@ export async function startInstance(deps: DataPlaneDeps, key: InstanceKey): Prom
         const disks = (prepared as PromiseFulfilledResult<VmDisk[]>).value;
 
         const vmm = deps.vmm(hypervisor);
-        const process: VmmProcess = await vmm.boot({
-          instanceId: instance.instanceId,
-          vcpus: pool.resources.vcpus,
-          memMib: pool.resources.memMib,
-          kernelPath: `${revisionDir}/${REVISION_FILES.kernel}`,
-          initrdPath: `${revisionDir}/${REVISION_FILES.initrd}`,
-          kernelArgs: [
-            `ip=${instance.net.guestIp}::${instance.net.gatewayIp}:${netmask(instance.net.prefixLen)}::eth0:off`,
-            `mvm.instance=${instance.instanceId}`,
-          ],
-          disks,
-          tap: { name: instance.net.tapName, mac: instance.net.mac },
-          runDir: files.runDir,
-          netns: deps.network.netns,
-          cgroupProcsFiles: procsFiles,
-          bootTimeoutMs: deps.bootTimeoutMs,
-        });
+        const process: VmmProcess = await vmm.boot(vmLaunchSpec(deps, pool, instance, revision, disks, procsFiles));
         rollback.add("stop VMM", () => vmm.shutdown(process, 0));
 
         const now = timestamp(deps.clock);
@@ -258,7 +256,40 @@ export async function startInstance(deps: DataPlaneDeps, key: InstanceKey): Prom
   });
 }
 
-/** Releases what a stopped instance no longer needs: VMM, TAP, cgroup. Each step is idempotent. */
+/**
+ * The launch spec of `instance` running `revision`. A wake builds it the same way as the cold start did: QEMU restores
+ * a migration stream only into the same machine, devices and ids.
+ */
+export function vmLaunchSpec(
+  deps: DataPlaneDeps,
+  pool: WorkerPool,
+  instance: Instance,
+  revision: string,
+  disks: VmDisk[],
+  procsFiles: string[],
+): VmLaunchSpec {
+  const revisionDir = deps.paths.revisionDir(instance.tenantId, pool.poolId, revision);
+  return {
+    instanceId: instance.instanceId,
+    vcpus: pool.resources.vcpus,
+    memMib: pool.resources.memMib,
+    kernelPath: `${revisionDir}/${REVISION_FILES.kernel}`,
+    initrdPath: `${revisionDir}/${REVISION_FILES.initrd}`,
+    kernelArgs: [
+      `ip=${instance.net.guestIp}::${instance.net.gatewayIp}:${netmask(instance.net.prefixLen)}::eth0:off`,
+      `mvm.instance=${instance.instanceId}`,
+    ],
+    disks,
+    tap: { name: instance.net.tapName, mac: instance.net.mac },
+    runDir: instanceFiles(deps.paths, instance).runDir,
+    netns: deps.network.netns,
+    cgroupProcsFiles: procsFiles,
+    bootTimeoutMs: deps.bootTimeoutMs,
+    seccompPolicy: pool.seccompPolicy,
+  };
+}
+
+/** Releases what a stopped instance no longer needs: VMM, TAP, cgroup, snapshot. Each step is idempotent. */
 async function teardownRuntime(deps: DataPlaneDeps, tenant: Tenant, instance: Instance): Promise<void> {
   if (instance.vmm) {
     const vmm = deps.vmm(instance.vmm.hypervisor);
@@ -280,9 +311,10 @@ async function teardownRuntime(deps: DataPlaneDeps, tenant: Tenant, instance: In
   const netPlan = tenantNetworkPlan(tenant, deps.metadataPort);
   await deps.network.removeTap(netPlan, instance.net.tapName);
   await deps.cgroups.remove(cgroupKey(instance));
+  await deps.snapshots.remove(instanceFiles(deps.paths, instance).snapshotDir);
 }
 
-function guestTarget(deps: DataPlaneDeps, instance: Instance) {
+export function guestTarget(deps: DataPlaneDeps, instance: Instance) {
   return {
     guestIp: instance.net.guestIp,
     netns: instance.vmm?.netns ?? deps.network.netns,

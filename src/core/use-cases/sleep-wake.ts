@@ -1,36 +1,366 @@
-// PLACEHOLDER signatures (issue 6, being written in this session): warm, resume, sleep and wake of one instance.
-// Other use cases (reconcile, the idle policy) call these; the bodies are being written now.
+// Warm, resume, sleep and wake of one instance (SPEC §3, §7). Like the cold start in lifecycle.ts, each operation
+// asks the state machine first, runs under the tenant lock and undoes what it did when a later step fails. An
+// instance that fails to sleep stays running (or warm); one that fails to wake stays sleeping with its snapshot
+// untouched, so the operation can be retried.
 
-import { MvmError } from "../errors.js";
-import type { Compression, Instance } from "../model.js";
+import { failedPrecondition, MvmError } from "../errors.js";
+import type { Compression, HypervisorKind, Instance, Tenant, WorkerPool } from "../model.js";
+import { assertQuota, computeUsage, type QuotaRequest } from "../quota.js";
+import { planTransition } from "../state-machine.js";
+import type { HostCompatibility, OpenedSnapshot, SnapshotMeta, VmDisk, Vmm, VmmProcess } from "../data-plane-ports.js";
+import { audited } from "./audit-trail.js";
+import { timestamp } from "./deps.js";
 import type { InstanceKey } from "./instances.js";
-import type { DataPlaneDeps } from "./lifecycle.js";
+import {
+  cgroupKey,
+  guestTarget,
+  instanceFiles,
+  load,
+  Rollback,
+  secretsFiles,
+  setCondition,
+  tenantNetworkPlan,
+  vmLaunchSpec,
+  withRollbackFailures,
+  type DataPlaneDeps,
+} from "./lifecycle.js";
+
+/** Guest hooks of the default image (docs/guest-contract.md). */
+export const GUEST_HOOKS = {
+  sleepPrep: "/usr/lib/mvm/hooks/sleep-prep",
+  wake: "/usr/lib/mvm/hooks/wake",
+} as const;
+
+export const DEFAULT_SLEEP_PREP_TIMEOUT_MS = 10_000;
+export const DEFAULT_WAKE_READY_TIMEOUT_MS = 30_000;
+/** Pause between attempts to reach a restored guest whose SSH server does not answer yet, ms. */
+const WAKE_RETRY_MS = 200;
 
 export interface SleepOptions {
   /** Overrides the pool's snapshot_compression. */
   compression?: Compression;
+  /** How long the guest's sleep-prep hook may take, ms; when it runs out the snapshot is taken anyway. */
+  prepTimeoutMs?: number;
 }
 
-function notYet(op: string): never {
-  throw new MvmError("unavailable", `${op}: not implemented yet`, []);
+export interface WakeOptions {
+  /** How long the restored guest has to answer (its wake hook to finish), ms. */
+  readyTimeoutMs?: number;
+}
+
+function target(key: InstanceKey): string {
+  return `${key.tenantId}/${key.poolId}/${key.instanceId}`;
+}
+
+function processOf(deps: DataPlaneDeps, instance: Instance): VmmProcess | null {
+  if (!instance.vmm) return null;
+  return {
+    hypervisor: instance.vmm.hypervisor,
+    pid: instance.vmm.pid,
+    pidStartTime: instance.vmm.pidStartTime,
+    apiSocket: instance.vmm.apiSocket,
+    serialLog: instanceFiles(deps.paths, instance).serialLog,
+  };
+}
+
+/** The instance's VMM, which must still run: a record that outlived its process is repaired by a health refresh. */
+async function liveProcess(deps: DataPlaneDeps, instance: Instance, op: string): Promise<{ vmm: Vmm; process: VmmProcess }> {
+  const process = processOf(deps, instance);
+  const vmm = process ? deps.vmm(process.hypervisor) : null;
+  if (!process || !vmm || !(await vmm.isAlive(process))) {
+    throw failedPrecondition(
+      `instance ${instance.instanceId} is ${instance.status} but its vmm is not running: ${op} needs a live vmm (stop it, then start it)`,
+    );
+  }
+  return { vmm, process };
+}
+
+async function checkQuota(deps: DataPlaneDeps, tenant: Tenant, request: QuotaRequest): Promise<void> {
+  const pools = await deps.store.listPools(tenant.tenantId);
+  const instances = (await Promise.all(pools.map((p) => deps.store.listInstances(tenant.tenantId, p.poolId)))).flat();
+  assertQuota(tenant.tenantId, tenant.quotas, computeUsage(pools, instances), request);
+}
+
+/** Where the stamp of a snapshot differs from this host's, one entry per field; empty when it may be restored. */
+export function hostCompatibilityProblems(recorded: HostCompatibility, here: HostCompatibility): string[] {
+  const fields: Array<[keyof HostCompatibility, string]> = [
+    ["cpuModel", "cpu_model"],
+    ["hostKernel", "host_kernel"],
+    ["vmmVersion", "vmm_version"],
+  ];
+  return fields
+    .filter(([field]) => recorded[field] !== here[field])
+    .map(([field, name]) => `${name} was ${JSON.stringify(recorded[field])}, this host has ${JSON.stringify(here[field])}`);
 }
 
 /** running → warm (VM paused, process kept). A warm instance returns unchanged. */
-export async function warmInstance(_deps: DataPlaneDeps, _key: InstanceKey): Promise<Instance> {
-  return notYet("warm");
+export async function warmInstance(deps: DataPlaneDeps, key: InstanceKey): Promise<Instance> {
+  return audited(deps, { tenantId: key.tenantId, action: "instance_warm", target: target(key) }, async () => {
+    return deps.store.withTenantLock(key.tenantId, async () => {
+      const { tenant, instance } = await load(deps, key);
+      if (planTransition(instance.status, "warm").kind === "noop") return instance;
+      await checkQuota(deps, tenant, { kind: "warm" });
+      const { vmm, process } = await liveProcess(deps, instance, "warm");
+      await vmm.pause(process);
+      try {
+        const now = timestamp(deps.clock);
+        const warm: Instance = {
+          ...instance,
+          status: "warm",
+          conditions: setCondition(instance.conditions, { type: "Ready", status: "false", reason: "Paused", message: "vcpus paused (warm)" }, now),
+          updatedAt: now,
+        };
+        await deps.store.putInstance(warm);
+        return warm;
+      } catch (error) {
+        throw withRollbackFailures(error, await undo("resume VM", () => vmm.resume(process)));
+      }
+    });
+  });
 }
 
-/** warm → running. */
-export async function resumeInstance(_deps: DataPlaneDeps, _key: InstanceKey): Promise<Instance> {
-  return notYet("resume");
+/** warm → running. A running instance returns unchanged. */
+export async function resumeInstance(deps: DataPlaneDeps, key: InstanceKey): Promise<Instance> {
+  return audited(deps, { tenantId: key.tenantId, action: "instance_resume", target: target(key) }, async () => {
+    return deps.store.withTenantLock(key.tenantId, async () => {
+      const { tenant, pool, instance } = await load(deps, key);
+      if (planTransition(instance.status, "resume").kind === "noop") return instance;
+      await checkQuota(deps, tenant, { kind: "resume", vcpus: pool.resources.vcpus, memMib: pool.resources.memMib });
+      const { vmm, process } = await liveProcess(deps, instance, "resume");
+      await vmm.resume(process);
+      try {
+        const now = timestamp(deps.clock);
+        const running: Instance = {
+          ...instance,
+          status: "running",
+          conditions: setCondition(instance.conditions, { type: "Ready", status: "true", reason: "Resumed", message: "vcpus resumed" }, now),
+          updatedAt: now,
+        };
+        await deps.store.putInstance(running);
+        return running;
+      } catch (error) {
+        throw withRollbackFailures(error, await undo("pause VM again", () => vmm.pause(process)));
+      }
+    });
+  });
 }
 
-/** running/warm → sleeping (snapshot on disk, VMM gone, TAP/IP/cgroup reservations kept). */
-export async function sleepInstance(_deps: DataPlaneDeps, _key: InstanceKey, _options: SleepOptions = {}): Promise<Instance> {
-  return notYet("sleep");
+async function undo(what: string, step: () => Promise<void>): Promise<string[]> {
+  const rollback = new Rollback();
+  rollback.add(what, step);
+  return rollback.run();
 }
 
-/** sleeping → running (restored from the snapshot, guest wake hook run). */
-export async function wakeInstance(_deps: DataPlaneDeps, _key: InstanceKey): Promise<Instance> {
-  return notYet("wake");
+/**
+ * running/warm → sleeping: the guest's sleep-prep hook runs while the guest still runs (a warm VM is resumed for it),
+ * then the VM is paused, snapshotted into the instance's snapshot directory, compressed and hashed, and the VMM exits.
+ * TAP, IP and cgroup stay reserved. A sleeping instance returns unchanged.
+ */
+export async function sleepInstance(deps: DataPlaneDeps, key: InstanceKey, options: SleepOptions = {}): Promise<Instance> {
+  return audited(deps, { tenantId: key.tenantId, action: "instance_sleep", target: target(key) }, async () => {
+    return deps.store.withTenantLock(key.tenantId, async () => {
+      const { pool, instance } = await load(deps, key);
+      if (planTransition(instance.status, "sleep").kind === "noop") return instance;
+      const compression = options.compression ?? pool.snapshotCompression;
+      const { vmm, process } = await liveProcess(deps, instance, "sleep");
+      const caps = await vmm.capabilities();
+      const host = await deps.snapshots.hostStamp(caps.version ?? "");
+      const dir = instanceFiles(deps.paths, instance).snapshotDir;
+      const wasWarm = instance.status === "warm";
+      const rollback = new Rollback();
+      try {
+        if (wasWarm) {
+          await vmm.resume(process);
+          rollback.add("pause VM again", () => vmm.pause(process));
+        }
+        const prep = await runSleepPrep(deps, instance, options.prepTimeoutMs ?? DEFAULT_SLEEP_PREP_TIMEOUT_MS);
+        await vmm.pause(process);
+        // Undos run newest first: on failure a VM that was running runs again, one that was warm ends paused.
+        if (!wasWarm) rollback.add("resume VM", () => vmm.resume(process));
+        rollback.add("remove snapshot", () => deps.snapshots.remove(dir));
+        await deps.snapshots.create(dir);
+        const files = await vmm.snapshot(process, dir, "full");
+        const now = timestamp(deps.clock);
+        const meta = await deps.snapshots.seal(dir, files, {
+          hypervisor: process.hypervisor,
+          revision: instance.revision,
+          memMib: pool.resources.memMib,
+          compression,
+          createdAt: now,
+          host,
+        });
+        await vmm.shutdown(process, 0);
+
+        const sleeping: Instance = {
+          ...instance,
+          status: "sleeping",
+          vmm: null,
+          healthy: false,
+          conditions: setCondition(
+            setCondition(instance.conditions, { type: "Ready", status: "false", reason: "Sleeping", message: `snapshot of ${meta.uncompressedSizeBytes} bytes on disk` }, now),
+            { type: "SleepPrepared", status: prep.ok ? "true" : "false", reason: prep.ok ? "HookSucceeded" : "HookFailed", message: prep.detail },
+            now,
+          ),
+          lastSnapshotAt: now,
+          updatedAt: now,
+        };
+        await deps.store.putInstance(sleeping);
+        return sleeping;
+      } catch (error) {
+        throw withRollbackFailures(error, await rollback.run());
+      }
+    });
+  });
+}
+
+/** A failing or slow hook does not stop the sleep (SleepInstanceRequest: "the snapshot is taken anyway"). */
+async function runSleepPrep(deps: DataPlaneDeps, instance: Instance, timeoutMs: number): Promise<{ ok: boolean; detail: string }> {
+  try {
+    const result = await deps.guest.exec(guestTarget(deps, instance), [GUEST_HOOKS.sleepPrep], { timeoutMs });
+    if (result.exitCode === 0) return { ok: true, detail: "sleep-prep hook succeeded" };
+    return { ok: false, detail: `sleep-prep hook exited ${result.exitCode}: ${result.stderr.trim().slice(0, 200)}` };
+  } catch (e) {
+    return { ok: false, detail: `sleep-prep hook did not run: ${(e as Error).message.slice(0, 200)}` };
+  }
+}
+
+/** The snapshot meta of a sleeping instance; null when the instance is not sleeping or has none. */
+export async function instanceSnapshot(deps: DataPlaneDeps, key: InstanceKey): Promise<SnapshotMeta | null> {
+  const { instance } = await load(deps, key);
+  if (instance.status !== "sleeping") return null;
+  return deps.snapshots.readMeta(instanceFiles(deps.paths, instance).snapshotDir);
+}
+
+/**
+ * sleeping → running: quota, snapshot hash and host stamp are checked before anything starts; then network, cgroup
+ * and a fresh secrets disk are ensured, a new VMM restores the snapshot and resumes, and the guest's wake hook (clock,
+ * secrets) runs. The instance is running once that hook answers; the snapshot is removed only then.
+ */
+export async function wakeInstance(deps: DataPlaneDeps, key: InstanceKey, options: WakeOptions = {}): Promise<Instance> {
+  return audited(deps, { tenantId: key.tenantId, action: "instance_wake", target: target(key) }, async () => {
+    return deps.store.withTenantLock(key.tenantId, async () => {
+      const { tenant, pool, instance } = await load(deps, key);
+      if (planTransition(instance.status, "wake").kind === "noop") return instance;
+      const files = instanceFiles(deps.paths, instance);
+      const meta = await deps.snapshots.readMeta(files.snapshotDir);
+      if (!meta) {
+        throw failedPrecondition(
+          `instance ${instance.instanceId} is sleeping but has no snapshot in ${files.snapshotDir}: stop it and start it again (cold boot)`,
+        );
+      }
+      await checkQuota(deps, tenant, { kind: "wake", vcpus: pool.resources.vcpus, memMib: pool.resources.memMib });
+      if (meta.memMib !== pool.resources.memMib) {
+        throw failedPrecondition(
+          `snapshot of ${instance.instanceId} holds ${meta.memMib} MiB of guest memory but pool ${pool.poolId} now has mem_mib ${pool.resources.memMib}: stop the instance and start it again`,
+        );
+      }
+      const vmm = deps.vmm(meta.hypervisor);
+      const caps = await vmm.capabilities();
+      if (!caps.available) throw new MvmError("unavailable", `${meta.hypervisor} is not available on this node: ${caps.notes.join("; ")}`);
+      const problems = hostCompatibilityProblems(meta.host, await deps.snapshots.hostStamp(caps.version ?? ""));
+      if (problems.length > 0) {
+        throw failedPrecondition(`snapshot of ${instance.instanceId} does not fit this host (${problems.join("; ")}): stop the instance and start it again`);
+      }
+
+      // TAP and cgroup are reservations a sleeping instance keeps, so a failed wake leaves them in place. The
+      // snapshot's hash is checked side by side with preparing them, but always before a VMM starts.
+      const rollback = new Rollback();
+      try {
+        const netPlan = tenantNetworkPlan(tenant, deps.metadataPort);
+        const prepareNetwork = async () => {
+          await deps.network.ensureTenant(netPlan);
+          await deps.network.ensureTap(netPlan, { name: instance.net.tapName, mac: instance.net.mac, guestIp: instance.net.guestIp });
+        };
+        const [snapshot, network, cgroup, prepared] = await Promise.allSettled([
+          deps.snapshots.open(files.snapshotDir, meta),
+          prepareNetwork(),
+          deps.cgroups.ensure(cgroupKey(instance), deps.cgroupLimits(pool)),
+          wakeDisks(deps, tenant, pool, instance, meta.revision, meta.hypervisor),
+        ]);
+        if (snapshot.status === "fulfilled") rollback.add("release opened snapshot", () => snapshot.value.release());
+        for (const step of [snapshot, network, cgroup, prepared]) if (step.status === "rejected") throw step.reason;
+        const opened = (snapshot as PromiseFulfilledResult<OpenedSnapshot>).value;
+        const procsFiles = (cgroup as PromiseFulfilledResult<{ procsFiles: string[] }>).value.procsFiles;
+        const disks = (prepared as PromiseFulfilledResult<VmDisk[]>).value;
+
+        const process = await vmm.restore(vmLaunchSpec(deps, pool, instance, meta.revision, disks, procsFiles), opened.files);
+        rollback.add("stop VMM", () => vmm.shutdown(process, 0));
+        const running: Instance = {
+          ...instance,
+          status: "running",
+          revision: meta.revision,
+          vmm: { hypervisor: process.hypervisor, pid: process.pid, pidStartTime: process.pidStartTime, apiSocket: process.apiSocket, netns: deps.network.netns },
+        };
+        await runWakeHook(deps, running, options.readyTimeoutMs ?? DEFAULT_WAKE_READY_TIMEOUT_MS);
+
+        const now = timestamp(deps.clock);
+        const awake: Instance = {
+          ...running,
+          conditions: setCondition(instance.conditions, { type: "Ready", status: "true", reason: "Woken", message: "restored from snapshot; guest answered" }, now),
+          healthy: true,
+          lastHealthCheckAt: now,
+          updatedAt: now,
+        };
+        await deps.store.putInstance(awake);
+        // The guest runs on: its disks no longer match the snapshot, which must never be restored again.
+        await opened.release().catch(() => undefined);
+        await deps.snapshots.remove(files.snapshotDir).catch(() => undefined);
+        return awake;
+      } catch (error) {
+        throw withRollbackFailures(error, await rollback.run());
+      }
+    });
+  });
+}
+
+/** The disks exactly as the instance slept with them (root overlay and data disk kept), plus a fresh secrets disk. */
+async function wakeDisks(
+  deps: DataPlaneDeps,
+  tenant: Tenant,
+  pool: WorkerPool,
+  instance: Instance,
+  revision: string,
+  hypervisor: HypervisorKind,
+): Promise<VmDisk[]> {
+  const files = instanceFiles(deps.paths, instance);
+  // The root disk the instance slept with: Firecracker's raw copy, or QEMU's overlay.
+  const disks: VmDisk[] = [
+    hypervisor === "firecracker"
+      ? { role: "root", path: files.rootRaw, format: "raw", readOnly: false }
+      : { role: "root", path: files.rootOverlay, format: "qcow2", readOnly: false },
+  ];
+  if (pool.resources.dataDiskMib > 0) {
+    await deps.volumes.ensureDataDisk(files.dataDisk, pool.resources.dataDiskMib);
+    disks.push({ role: "data", path: files.dataDisk, format: "raw", readOnly: false });
+  } else {
+    await deps.volumes.ensureDataDisk(files.dataPlaceholder, 0);
+    disks.push({ role: "data", path: files.dataPlaceholder, format: "raw", readOnly: true });
+  }
+  await deps.volumes.buildSecretsDisk(files.secretsDisk, secretsFiles(tenant, pool, instance, revision));
+  disks.push({ role: "secrets", path: files.secretsDisk, format: "raw", readOnly: true });
+  return disks;
+}
+
+/**
+ * Runs the guest's wake hook with the host's time (whole seconds since the epoch), retrying while the guest cannot
+ * be reached yet; the guest "answers" when the hook exits 0.
+ */
+async function runWakeHook(deps: DataPlaneDeps, instance: Instance, timeoutMs: number): Promise<void> {
+  const deadline = deps.clock.nowMs() + timeoutMs;
+  let lastError = "";
+  for (;;) {
+    const remaining = deadline - deps.clock.nowMs();
+    if (remaining <= 0) break;
+    const hostSeconds = String(Math.floor(deps.clock.nowMs() / 1000));
+    try {
+      const result = await deps.guest.exec(guestTarget(deps, instance), [GUEST_HOOKS.wake, hostSeconds], { timeoutMs: remaining });
+      if (result.exitCode === 0) return;
+      throw new MvmError("unavailable", `wake hook in ${instance.instanceId} exited ${result.exitCode}: ${result.stderr.trim().slice(0, 300)}`);
+    } catch (e) {
+      if (e instanceof MvmError) throw e;
+      lastError = (e as Error).message;
+    }
+    await new Promise((resolve) => setTimeout(resolve, Math.min(WAKE_RETRY_MS, Math.max(0, deadline - deps.clock.nowMs()))));
+  }
+  throw new MvmError("unavailable", `restored guest ${instance.instanceId} did not answer within ${timeoutMs} ms${lastError ? `: ${lastError}` : ""}`);
 }

@@ -10,7 +10,12 @@ import type {
   ExecResult,
   GuestChannel,
   GuestTarget,
+  HostCompatibility,
   Network,
+  OpenedSnapshot,
+  SnapshotMeta,
+  SnapshotSealInfo,
+  SnapshotStore,
   TapPlan,
   TenantNetworkPlan,
   TenantNetworkReport,
@@ -22,6 +27,7 @@ import type {
   VmSnapshotType,
   Volumes,
 } from "../../core/data-plane-ports.js";
+import { MvmError } from "../../core/errors.js";
 import type { HypervisorKind } from "../../core/model.js";
 
 export type FakeFailPoint =
@@ -33,7 +39,8 @@ export type FakeFailPoint =
   | "buildSecretsDisk"
   | "boot"
   | "snapshot"
-  | "restore";
+  | "restore"
+  | "seal";
 
 export class FakeDataPlane {
   readonly bridges = new Set<string>();
@@ -44,6 +51,12 @@ export class FakeDataPlane {
   readonly processes = new Map<number, VmLaunchSpec>();
   readonly execs: Array<{ target: GuestTarget; argv: readonly string[] }> = [];
   failAt: FakeFailPoint | null = null;
+  /** dir → meta of every sealed fake snapshot. */
+  readonly snapshotMetas = new Map<string, SnapshotMeta>();
+  /** What `hostStamp` reports; change it to simulate another host. */
+  host: Omit<HostCompatibility, "vmmVersion"> = { cpuModel: "fake cpu", hostKernel: "6.1.0-fake" };
+  /** pids of fake VMMs that are paused. */
+  readonly paused = new Set<number>();
   private nextPid = 1000;
 
   private maybeFail(point: FakeFailPoint): void {
@@ -123,6 +136,10 @@ export class FakeDataPlane {
         plane.maybeFail("createRootOverlay");
         plane.files.set(overlay, `overlay of ${base}`);
       },
+      async createRootCopy(base: string, copy: string) {
+        plane.maybeFail("createRootOverlay");
+        plane.files.set(copy, `raw copy of ${base}`);
+      },
       async ensureDataDisk(path: string, sizeMib: number) {
         plane.maybeFail("ensureDataDisk");
         if (!plane.files.has(path)) plane.files.set(path, `data ${sizeMib} MiB`);
@@ -153,8 +170,12 @@ export class FakeDataPlane {
         plane.processes.set(pid, spec);
         return { hypervisor: kind, pid, pidStartTime: pid * 10, apiSocket: `${spec.runDir}/qmp.sock`, serialLog: `${spec.runDir}/serial.log` };
       },
-      async pause() {},
-      async resume() {},
+      async pause(p: VmmProcess) {
+        plane.paused.add(p.pid);
+      },
+      async resume(p: VmmProcess) {
+        plane.paused.delete(p.pid);
+      },
       async snapshot(p: VmmProcess, dir: string, type: VmSnapshotType): Promise<VmSnapshotFiles> {
         plane.maybeFail("snapshot");
         const memoryFile = `${dir}/memory`;
@@ -173,6 +194,62 @@ export class FakeDataPlane {
       },
       async isAlive(p: VmmProcess) {
         return plane.processes.has(p.pid);
+      },
+    };
+  }
+
+  /** A test double of the snapshot store: contents live in `files`, the "hash" is the content itself. */
+  snapshotStore(): SnapshotStore {
+    const plane = this;
+    const digest = (content: string) => `fake-sha:${content}`;
+    return {
+      async create(dir: string) {
+        plane.snapshotMetas.delete(dir);
+        for (const path of [...plane.files.keys()]) if (path.startsWith(`${dir}/`)) plane.files.delete(path);
+      },
+      async hostStamp(vmmVersion: string): Promise<HostCompatibility> {
+        return { ...plane.host, vmmVersion };
+      },
+      async seal(dir: string, files: VmSnapshotFiles, info: SnapshotSealInfo): Promise<SnapshotMeta> {
+        plane.maybeFail("seal");
+        const content = plane.files.get(files.memoryFile);
+        if (content === undefined) throw new Error(`test double: no memory file ${files.memoryFile}`);
+        const name = info.compression === "none" ? "memory" : `memory.${info.compression}`;
+        plane.files.delete(files.memoryFile);
+        plane.files.set(`${dir}/${name}`, content);
+        const meta: SnapshotMeta = {
+          type: files.type,
+          hypervisor: info.hypervisor,
+          hypervisorVersion: info.host.vmmVersion,
+          revision: info.revision,
+          memMib: info.memMib,
+          compression: info.compression,
+          memoryFile: name,
+          stateFile: null,
+          memorySizeBytes: content.length,
+          stateSizeBytes: 0,
+          uncompressedSizeBytes: content.length,
+          sha256: digest(content),
+          stateSha256: "",
+          createdAt: info.createdAt,
+          host: info.host,
+        };
+        plane.snapshotMetas.set(dir, meta);
+        return meta;
+      },
+      async readMeta(dir: string) {
+        return plane.snapshotMetas.get(dir) ?? null;
+      },
+      async open(dir: string, meta: SnapshotMeta): Promise<OpenedSnapshot> {
+        const content = plane.files.get(`${dir}/${meta.memoryFile}`);
+        if (content === undefined || digest(content) !== meta.sha256) {
+          throw new MvmError("failed_precondition", `snapshot ${dir}/${meta.memoryFile}: sha256 does not match its meta (corrupt)`);
+        }
+        return { files: { type: meta.type, memoryFile: `${dir}/${meta.memoryFile}`, stateFile: null, baseMemoryFile: null }, release: async () => {} };
+      },
+      async remove(dir: string) {
+        plane.snapshotMetas.delete(dir);
+        for (const path of [...plane.files.keys()]) if (path.startsWith(`${dir}/`)) plane.files.delete(path);
       },
     };
   }

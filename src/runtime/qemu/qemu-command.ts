@@ -76,6 +76,11 @@ export interface QemuCommandInput {
   hostTscKhz: number | null;
   /** Confine QEMU with its seccomp sandbox (needs a QEMU built with seccomp). Default true. */
   seccompSandbox?: boolean;
+  /**
+   * Start to restore a saved migration stream (`-incoming defer`, vCPUs held with `-S`) instead of booting. Everything
+   * the guest sees is identical to the boot; only the serial log is appended to rather than truncated.
+   */
+  incoming?: boolean;
 }
 
 /**
@@ -114,7 +119,7 @@ export function buildQemuArgv(input: QemuCommandInput): string[] {
     "-no-user-config",
     "-msg", "timestamp=on",
     ...(input.seccompSandbox === false ? [] : ["-sandbox", SECCOMP_SANDBOX]),
-    "-chardev", `file,id=serial0,path=${optionValue(files.serialLog)}`,
+    "-chardev", `file,id=serial0,path=${optionValue(files.serialLog)}${input.incoming ? ",append=on" : ""}`,
     "-serial", "chardev:serial0",
     "-kernel", spec.kernelPath,
     ...(spec.initrdPath === null ? [] : ["-initrd", spec.initrdPath]),
@@ -127,7 +132,23 @@ export function buildQemuArgv(input: QemuCommandInput): string[] {
     "-qmp", `unix:${optionValue(qmpSocket)},server=on,wait=off`,
     "-pidfile", files.qemuPidFile,
   );
+  if (input.incoming) argv.push("-S", "-incoming", "defer");
   return argv;
+}
+
+/** Quotes `word` for the `/bin/sh -c` through which QEMU runs an `exec:` migration command. */
+export function shellWord(word: string): string {
+  return `'${word.replaceAll("'", `'\\''`)}'`;
+}
+
+/** Migration URI that writes the stream to `path` (QEMU 7.2 has no `file:` URI). */
+export function migrationTargetUri(path: string): string {
+  return `exec:cat > ${shellWord(path)}`;
+}
+
+/** Migration URI that reads a saved stream from `path`. */
+export function migrationSourceUri(path: string): string {
+  return `exec:cat ${shellWord(path)}`;
 }
 
 /**

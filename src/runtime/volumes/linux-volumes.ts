@@ -2,7 +2,7 @@
 // Every file is produced under a temporary name and renamed into place, so a crash never leaves a half disk that a
 // later start would take for a good one.
 
-import { mkdir, mkdtemp, rename, rm, stat, truncate, writeFile, chmod, open } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rename, rm, stat, truncate, writeFile, chmod, open } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { execa } from "execa";
@@ -56,6 +56,22 @@ export function createLinuxVolumes(): Volumes {
       }
     },
 
+    async createRootCopy(baseImage, copyPath) {
+      const baseRecord = `${copyPath}.base`;
+      const recorded = await readFile(baseRecord, "utf8").catch(() => null);
+      if (recorded === baseImage && (await exists(copyPath))) return;
+      await mkdir(dirname(copyPath), { recursive: true, mode: 0o700 });
+      const tmp = temporaryName(copyPath);
+      try {
+        await run("cp", ["--reflink=auto", "--sparse=always", baseImage, tmp]);
+        await chmod(tmp, 0o600);
+        await rename(tmp, copyPath);
+        await writeFile(baseRecord, baseImage, { mode: 0o600 });
+      } finally {
+        await rm(tmp, { force: true });
+      }
+    },
+
     async ensureDataDisk(path, sizeMib) {
       if (await exists(path)) return;
       await mkdir(dirname(path), { recursive: true, mode: 0o700 });
@@ -88,7 +104,9 @@ export function createLinuxVolumes(): Volumes {
           bytes += Buffer.byteLength(content) + 4096;
         }
         await chmod(staging, 0o700);
-        const sizeKib = Math.ceil((SECRETS_DISK_BASE_BYTES + bytes) / 1024);
+        // Whole MiB: a wake rebuilds the disk under a guest that keeps the capacity it saw at boot, so small changes
+        // in content (a longer secrets epoch) must not change the size.
+        const sizeKib = Math.ceil((SECRETS_DISK_BASE_BYTES + bytes) / (1024 * 1024)) * 1024;
         await writeFile(tmp, "", { mode: 0o600 });
         await run("mkfs.ext4", ["-q", "-F", "-L", "secrets", "-d", staging, tmp, `${sizeKib}k`]);
         await rename(tmp, path);

@@ -123,6 +123,7 @@ export function makeRuntime(dir: string, plane: FakeDataPlane, hub: WatchHub, au
     network: plane.network(null),
     cgroups: plane.cgroupsPort(),
     volumes: plane.volumes(),
+    snapshots: plane.snapshotStore(),
     guest: plane.guest((argv) => ({ exitCode: argv.includes("fail") ? 3 : 0, stdout: `ran ${argv.join(" ")}\n`, stderr: "" })),
     paths: {
       revisionDir: (t, p, r) => join(dir, "tenants", t, "pools", p, "revisions", r),

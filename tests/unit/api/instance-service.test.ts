@@ -3,6 +3,7 @@ import { dirname, join } from "node:path";
 import { Code } from "@connectrpc/connect";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { BadRequestDetailSchema, InstanceOperation, InstanceStateDetailSchema } from "../../../gen/mvm/v1/errors_pb.js";
+import { Compression } from "../../../gen/mvm/v1/common_pb.js";
 import { InstanceStatus } from "../../../gen/mvm/v1/instance_pb.js";
 import { InstanceService, LogSource } from "../../../gen/mvm/v1/instance_service_pb.js";
 import { PoolService } from "../../../gen/mvm/v1/pool_service_pb.js";
@@ -110,15 +111,25 @@ describe("InstanceService lifecycle", () => {
     expect(error.rawMessage).toMatch(/max_running/);
   });
 
-  it("answers warm/resume/sleep/wake truthfully without their use cases", async () => {
+  it("warms, resumes, sleeps and wakes, returning the snapshot meta while sleeping", async () => {
     await builtPool();
     const api = h.client(InstanceService, "admin");
     const ref = await newInstance(undefined, true);
-    const warm = await expectCode(api.warmInstance({ instance: ref }), Code.Unimplemented);
-    expect(warm.rawMessage).toMatch(/issue 6/);
-    await expectCode(api.sleepInstance({ instance: ref }), Code.Unimplemented);
-    // Running is what resume and wake lead to: on a running instance both return it unchanged.
+    expect((await api.warmInstance({ instance: ref })).instance?.status).toBe(InstanceStatus.WARM);
     expect((await api.resumeInstance({ instance: ref })).instance?.status).toBe(InstanceStatus.RUNNING);
+    // Running is what resume and wake lead to: on a running instance both return it unchanged.
+    expect((await api.wakeInstance({ instance: ref })).instance?.status).toBe(InstanceStatus.RUNNING);
+    const slept = await api.sleepInstance({ instance: ref });
+    expect(slept.instance?.status).toBe(InstanceStatus.SLEEPING);
+    expect(slept.snapshot?.sha256).not.toBe("");
+    expect((await api.getInstance({ instance: ref })).snapshot?.memMib).toBeGreaterThan(0);
+    await expectCode(api.sleepInstance({ instance: ref, prepTimeoutMs: 300_001 }), Code.InvalidArgument);
+    expect((await api.wakeInstance({ instance: ref })).instance?.status).toBe(InstanceStatus.RUNNING);
+    expect((await api.getInstance({ instance: ref })).snapshot).toBeUndefined();
+    // A compression chosen for one sleep overrides the pool's; a value outside the enum is refused, nothing done.
+    await expectCode(api.sleepInstance({ instance: ref, compression: 9 as Compression }), Code.InvalidArgument);
+    expect((await api.getInstance({ instance: ref })).instance?.status).toBe(InstanceStatus.RUNNING);
+    expect((await api.sleepInstance({ instance: ref, compression: Compression.ZSTD })).snapshot?.compression).toBe(Compression.ZSTD);
     expect((await api.wakeInstance({ instance: ref })).instance?.status).toBe(InstanceStatus.RUNNING);
     await api.stopInstance({ instance: ref });
     const refused = await expectCode(api.warmInstance({ instance: ref }), Code.FailedPrecondition);

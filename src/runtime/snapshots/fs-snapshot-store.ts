@@ -1,0 +1,251 @@
+// The `SnapshotStore` port on the local filesystem: a snapshot directory holds the VMM's files (the memory file or
+// QEMU migration stream, compressed with the lz4 or zstd command-line tools when asked) and `meta.json`, written last
+// and atomically, so a directory without it is a torn snapshot that is never restored.
+
+import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { createReadStream, createWriteStream } from "node:fs";
+import { chmod, mkdir, open, readFile, rm, stat } from "node:fs/promises";
+import os from "node:os";
+import { basename, join } from "node:path";
+import { Transform } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import type {
+  HostCompatibility,
+  OpenedSnapshot,
+  SnapshotMeta,
+  SnapshotSealInfo,
+  SnapshotStore,
+  VmSnapshotFiles,
+} from "../../core/data-plane-ports.js";
+import { failedPrecondition, MvmError } from "../../core/errors.js";
+import { COMPRESSIONS, type Compression } from "../../core/model.js";
+import { readJsonRecord, syncDirectory, unlinkIfPresent, writeFileAtomic } from "../store/atomic-file.js";
+
+export const SNAPSHOT_META_FILE = "meta.json";
+/** Decompressed copy of a compressed memory file, made for one restore and removed after it. */
+const RESTORE_COPY = "memory.restore";
+const READ_CHUNK_BYTES = 1024 * 1024;
+
+export interface CompressionTool {
+  binary: string;
+  /** Arguments that write the compressed form of stdin to stdout. */
+  compress: string[];
+  /** Arguments that decompress file `input` into file `output`. */
+  decompress(input: string, output: string): string[];
+  extension: string;
+}
+
+/** Fast levels: sleep time matters more than the last megabytes (VM-NOTES: zstd -1 19 MB, lz4 -1 26 MB of 70). */
+export const COMPRESSION_TOOLS: Readonly<Record<Exclude<Compression, "none">, CompressionTool>> = {
+  lz4: { binary: "lz4", compress: ["-1", "-q", "-c"], decompress: (i, o) => ["-d", "-q", "-f", i, o], extension: "lz4" },
+  zstd: { binary: "zstd", compress: ["-1", "-q", "-T0", "-c"], decompress: (i, o) => ["-d", "-q", "-f", i, "-o", o], extension: "zst" },
+};
+
+export interface FsSnapshotStoreOptions {
+  /** Where the CPU model is read. Default /proc/cpuinfo. */
+  cpuinfoPath?: string;
+  /** Host kernel release. Default `os.release()`. */
+  kernelRelease?: () => string;
+}
+
+export function createFsSnapshotStore(options: FsSnapshotStoreOptions = {}): SnapshotStore {
+  const cpuinfoPath = options.cpuinfoPath ?? "/proc/cpuinfo";
+  const kernelRelease = options.kernelRelease ?? (() => os.release());
+  let cpuModel: Promise<string> | null = null;
+
+  return {
+    async create(dir) {
+      await rm(dir, { recursive: true, force: true });
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      await chmod(dir, 0o700);
+    },
+
+    async hostStamp(vmmVersion): Promise<HostCompatibility> {
+      cpuModel ??= readCpuModel(cpuinfoPath);
+      return { cpuModel: await cpuModel, hostKernel: kernelRelease(), vmmVersion };
+    },
+
+    async seal(dir, files, info) {
+      const memory = await sealFile(files.memoryFile, info.compression);
+      const state = files.stateFile === null ? null : { name: basename(files.stateFile), ...(await hashAndSize(files.stateFile)) };
+      await syncDirectory(dir);
+      const meta: SnapshotMeta = {
+        type: files.type,
+        hypervisor: info.hypervisor,
+        hypervisorVersion: info.host.vmmVersion,
+        revision: info.revision,
+        memMib: info.memMib,
+        compression: info.compression,
+        memoryFile: memory.name,
+        stateFile: state?.name ?? null,
+        memorySizeBytes: memory.sizeBytes,
+        stateSizeBytes: state?.sizeBytes ?? 0,
+        uncompressedSizeBytes: memory.uncompressedSizeBytes,
+        sha256: memory.sha256,
+        stateSha256: state?.sha256 ?? "",
+        createdAt: info.createdAt,
+        host: info.host,
+      };
+      await writeFileAtomic(join(dir, SNAPSHOT_META_FILE), `${JSON.stringify(meta, null, 2)}\n`);
+      return meta;
+    },
+
+    async readMeta(dir) {
+      const path = join(dir, SNAPSHOT_META_FILE);
+      const read = await readJsonRecord(path);
+      if (read.status === "missing") return null;
+      if (read.status === "unparseable") throw failedPrecondition(`snapshot meta ${path} ${read.reason}`);
+      const problems = metaProblems(read.value);
+      if (problems.length > 0) throw failedPrecondition(`snapshot meta ${path}: ${problems.join("; ")}`);
+      return read.value as SnapshotMeta;
+    },
+
+    async open(dir, meta): Promise<OpenedSnapshot> {
+      const memoryPath = join(dir, meta.memoryFile);
+      await verify(memoryPath, meta.memorySizeBytes, meta.sha256);
+      const statePath = meta.stateFile === null ? null : join(dir, meta.stateFile);
+      if (statePath !== null) await verify(statePath, meta.stateSizeBytes, meta.stateSha256);
+      const files = (memoryFile: string): VmSnapshotFiles => ({ type: meta.type, memoryFile, stateFile: statePath, baseMemoryFile: null });
+      if (meta.compression === "none") return { files: files(memoryPath), release: async () => {} };
+      const copy = join(dir, RESTORE_COPY);
+      const tool = COMPRESSION_TOOLS[meta.compression];
+      try {
+        await runTool(tool.binary, tool.decompress(memoryPath, copy));
+        await chmod(copy, 0o600);
+      } catch (e) {
+        await unlinkIfPresent(copy);
+        throw new MvmError("failed_precondition", `snapshot ${memoryPath}: ${meta.compression} cannot decompress it: ${(e as Error).message}`, [], { cause: e });
+      }
+      return { files: files(copy), release: () => unlinkIfPresent(copy) };
+    },
+
+    async remove(dir) {
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+async function readCpuModel(path: string): Promise<string> {
+  const text = await readFile(path, "utf8").catch(() => "");
+  const line = text.split("\n").find((l) => /^(model name|Processor|cpu model)\s*:/.test(l));
+  return line?.split(":").slice(1).join(":").trim() ?? "unknown";
+}
+
+interface SealedFile {
+  name: string;
+  sizeBytes: number;
+  uncompressedSizeBytes: number;
+  sha256: string;
+}
+
+/** Compresses `path` in place (the original is removed) when asked; hashes what is stored in the same pass. */
+async function sealFile(path: string, compression: Compression): Promise<SealedFile> {
+  const uncompressedSizeBytes = (await stat(path)).size;
+  if (compression === "none") {
+    const { sha256, sizeBytes } = await hashAndSize(path);
+    await fsyncFile(path);
+    return { name: basename(path), sizeBytes, uncompressedSizeBytes, sha256 };
+  }
+  const tool = COMPRESSION_TOOLS[compression];
+  const output = `${path}.${tool.extension}`;
+  const hash = createHash("sha256");
+  let sizeBytes = 0;
+  const child = spawn(tool.binary, [...tool.compress, path], { stdio: ["ignore", "pipe", "pipe"] });
+  let stderr = "";
+  child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+  const exited = new Promise<number>((resolve, reject) => {
+    child.once("error", reject);
+    child.once("close", (code) => resolve(code ?? -1));
+  });
+  try {
+    await pipeline(
+      child.stdout,
+      new Transform({
+        transform(chunk: Buffer, _encoding, done) {
+          hash.update(chunk);
+          sizeBytes += chunk.length;
+          done(null, chunk);
+        },
+      }),
+      createWriteStream(output, { mode: 0o600 }),
+    );
+    const code = await exited;
+    if (code !== 0) throw new Error(`${tool.binary} exited ${code}: ${stderr.trim()}`);
+    await fsyncFile(output);
+  } catch (e) {
+    child.kill("SIGKILL");
+    await unlinkIfPresent(output);
+    throw new MvmError("unavailable", `compressing snapshot ${path} with ${tool.binary}: ${(e as Error).message}`, [], { cause: e });
+  }
+  await unlinkIfPresent(path);
+  return { name: basename(output), sizeBytes, uncompressedSizeBytes, sha256: hash.digest("hex") };
+}
+
+async function hashAndSize(path: string): Promise<{ sha256: string; sizeBytes: number }> {
+  const hash = createHash("sha256");
+  let sizeBytes = 0;
+  for await (const chunk of createReadStream(path, { highWaterMark: READ_CHUNK_BYTES })) {
+    hash.update(chunk as Buffer);
+    sizeBytes += (chunk as Buffer).length;
+  }
+  return { sha256: hash.digest("hex"), sizeBytes };
+}
+
+async function fsyncFile(path: string): Promise<void> {
+  const handle = await open(path, "r");
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/** The stored file must be exactly what was sealed: same size and SHA-256. */
+async function verify(path: string, sizeBytes: number, sha256: string): Promise<void> {
+  const found = await stat(path).catch(() => null);
+  if (found === null) throw failedPrecondition(`snapshot file ${path} is missing`);
+  if (found.size !== sizeBytes) {
+    throw failedPrecondition(`snapshot file ${path} is corrupt: ${found.size} bytes, its meta records ${sizeBytes}`);
+  }
+  const actual = await hashAndSize(path);
+  if (actual.sha256 !== sha256) {
+    throw failedPrecondition(`snapshot file ${path} is corrupt: sha256 ${actual.sha256}, its meta records ${sha256}`);
+  }
+}
+
+function runTool(binary: string, args: string[]): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(binary, args, { stdio: ["ignore", "ignore", "pipe"] });
+    let stderr = "";
+    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+    child.once("error", reject);
+    child.once("close", (code) => (code === 0 ? resolve() : reject(new Error(`${binary} exited ${code}: ${stderr.trim()}`))));
+  });
+}
+
+const HEX64 = /^[0-9a-f]{64}$/;
+const FILE_NAME = /^[A-Za-z0-9._-]{1,64}$/;
+
+/** What is wrong with a parsed meta file; file names must stay inside the snapshot directory. */
+export function metaProblems(value: unknown): string[] {
+  if (typeof value !== "object" || value === null) return ["is not a json object"];
+  const m = value as Record<string, unknown>;
+  const problems: string[] = [];
+  const need = (field: string, ok: boolean, rule: string) => {
+    if (!ok) problems.push(`${field} ${rule}`);
+  };
+  need("type", m.type === "full" || m.type === "diff", "must be full or diff");
+  need("hypervisor", m.hypervisor === "qemu" || m.hypervisor === "firecracker", "must be qemu or firecracker");
+  need("compression", (COMPRESSIONS as readonly unknown[]).includes(m.compression), "must be none, lz4 or zstd");
+  need("memoryFile", typeof m.memoryFile === "string" && FILE_NAME.test(m.memoryFile) && m.memoryFile !== SNAPSHOT_META_FILE, "must be a plain file name");
+  need("stateFile", m.stateFile === null || (typeof m.stateFile === "string" && FILE_NAME.test(m.stateFile)), "must be null or a plain file name");
+  need("sha256", typeof m.sha256 === "string" && HEX64.test(m.sha256), "must be 64 lowercase hex digits");
+  for (const field of ["memMib", "memorySizeBytes", "stateSizeBytes", "uncompressedSizeBytes"]) {
+    need(field, Number.isSafeInteger(m[field]) && (m[field] as number) >= 0, "must be a non-negative integer");
+  }
+  for (const field of ["revision", "hypervisorVersion", "createdAt", "stateSha256"]) need(field, typeof m[field] === "string", "must be a string");
+  const host = m.host as Record<string, unknown> | undefined;
+  need("host", typeof host === "object" && host !== null && ["cpuModel", "hostKernel", "vmmVersion"].every((k) => typeof host[k] === "string"), "must hold cpuModel, hostKernel and vmmVersion");
+  return problems;
+}

@@ -1,0 +1,311 @@
+import { beforeEach, describe, expect, it } from "vitest";
+import { isMvmError } from "../../../src/core/errors.js";
+import type { Instance } from "../../../src/core/model.js";
+import { createInstance } from "../../../src/core/use-cases/instances.js";
+import { destroyInstance, startInstance, stopInstance, type DataPlaneDeps } from "../../../src/core/use-cases/lifecycle.js";
+import { createPool } from "../../../src/core/use-cases/pools.js";
+import {
+  GUEST_HOOKS,
+  hostCompatibilityProblems,
+  instanceSnapshot,
+  resumeInstance,
+  sleepInstance,
+  wakeInstance,
+  warmInstance,
+} from "../../../src/core/use-cases/sleep-wake.js";
+import { createTenant } from "../../../src/core/use-cases/tenants.js";
+import { FakeDataPlane } from "../../../src/runtime/fake/fake-data-plane.js";
+import { fakeDataPlaneDeps } from "../../helpers/fake-data-plane-deps.js";
+
+let plane: FakeDataPlane;
+let deps: DataPlaneDeps;
+
+const keyOf = (i: Instance) => ({ tenantId: i.tenantId, poolId: i.poolId, instanceId: i.instanceId });
+const snapshotDir = (i: Instance) => `/data/acme/web/instances/${i.instanceId}/snapshot`;
+
+async function runningInstance(options: { quotas?: object; compression?: "none" | "lz4" | "zstd"; dataDiskMib?: number } = {}): Promise<Instance> {
+  await createTenant(deps, { tenantId: "acme", quotas: options.quotas ?? {} });
+  await createPool(
+    deps,
+    { tenantId: "acme", poolId: "web" },
+    { resources: { vcpus: 2, memMib: 512, dataDiskMib: options.dataDiskMib ?? 64 }, snapshotCompression: options.compression ?? "none" },
+  );
+  const pool = await deps.store.getPool("acme", "web");
+  await deps.store.putPool({ ...pool!, currentRevision: "abc123" });
+  const created = await createInstance(deps, { tenantId: "acme", poolId: "web" });
+  return startInstance(deps, keyOf(created));
+}
+
+async function expectKind(promise: Promise<unknown>, kind: string, message?: RegExp): Promise<Error> {
+  const error = await promise.then(
+    () => null,
+    (e: unknown) => e,
+  );
+  expect(isMvmError(error) ? error.kind : error).toBe(kind);
+  if (message) expect((error as Error).message).toMatch(message);
+  return error as Error;
+}
+
+beforeEach(() => {
+  plane = new FakeDataPlane();
+  deps = fakeDataPlaneDeps(plane);
+});
+
+describe("warm and resume", () => {
+  it("warm pauses the vmm and keeps the process; resume unpauses it", async () => {
+    const running = await runningInstance();
+    const warm = await warmInstance(deps, keyOf(running));
+    expect(warm.status).toBe("warm");
+    expect(warm.vmm?.pid).toBe(running.vmm?.pid);
+    expect(plane.paused.has(running.vmm!.pid)).toBe(true);
+    expect((await deps.store.getInstance("acme", "web", running.instanceId))?.status).toBe("warm");
+
+    const resumed = await resumeInstance(deps, keyOf(running));
+    expect(resumed.status).toBe("running");
+    expect(plane.paused.has(running.vmm!.pid)).toBe(false);
+  });
+
+  it("is idempotent in the target state", async () => {
+    const running = await runningInstance();
+    expect(await resumeInstance(deps, keyOf(running))).toEqual(running);
+    const warm = await warmInstance(deps, keyOf(running));
+    expect(await warmInstance(deps, keyOf(running))).toEqual(warm);
+  });
+
+  it("refuses warm over max_warm, leaving the instance running and unpaused", async () => {
+    const running = await runningInstance({ quotas: { maxWarm: 0 } });
+    await expectKind(warmInstance(deps, keyOf(running)), "exhausted", /max_warm/);
+    expect((await deps.store.getInstance("acme", "web", running.instanceId))?.status).toBe("running");
+    expect(plane.paused.size).toBe(0);
+  });
+
+  it("refuses illegal edges and a vmm that died", async () => {
+    const running = await runningInstance();
+    await stopInstance(deps, keyOf(running));
+    await expectKind(warmInstance(deps, keyOf(running)), "failed_precondition", /stopped/);
+    const again = await startInstance(deps, keyOf(running));
+    plane.killFromOutside(again.vmm!.pid);
+    await expectKind(warmInstance(deps, keyOf(running)), "failed_precondition", /vmm is not running/);
+  });
+});
+
+describe("sleep", () => {
+  it("runs the sleep-prep hook while the guest runs, then snapshots, stops the vmm and keeps TAP and cgroup", async () => {
+    const running = await runningInstance();
+    const pausedDuringHook: boolean[] = [];
+    deps = {
+      ...deps,
+      guest: {
+        async exec(_target, argv) {
+          if (argv[0] === GUEST_HOOKS.sleepPrep) pausedDuringHook.push(plane.paused.has(running.vmm!.pid));
+          return { exitCode: 0, stdout: "", stderr: "" };
+        },
+      },
+    };
+    const sleeping = await sleepInstance(deps, keyOf(running));
+    expect(pausedDuringHook).toEqual([false]);
+    expect(sleeping.status).toBe("sleeping");
+    expect(sleeping.vmm).toBeNull();
+    expect(sleeping.lastSnapshotAt).not.toBeNull();
+    expect(plane.processes.size).toBe(0);
+    expect(plane.taps.has(running.net.tapName)).toBe(true);
+    expect(plane.cgroups.size).toBe(1);
+    const meta = await instanceSnapshot(deps, keyOf(running));
+    expect(meta).toMatchObject({ hypervisor: "qemu", revision: "abc123", memMib: 512, compression: "none", type: "full" });
+    expect(plane.files.has(`${snapshotDir(running)}/${meta!.memoryFile}`)).toBe(true);
+    expect(sleeping.conditions.find((c) => c.type === "SleepPrepared")?.status).toBe("true");
+  });
+
+  it("uses the pool's compression unless the call overrides it", async () => {
+    const running = await runningInstance({ compression: "zstd" });
+    await sleepInstance(deps, keyOf(running));
+    expect((await instanceSnapshot(deps, keyOf(running)))?.compression).toBe("zstd");
+    await wakeInstance(deps, keyOf(running));
+    await sleepInstance(deps, keyOf(running), { compression: "lz4" });
+    expect((await instanceSnapshot(deps, keyOf(running)))?.compression).toBe("lz4");
+  });
+
+  it("works from warm: resumes the guest for the hook, then sleeps", async () => {
+    const running = await runningInstance();
+    await warmInstance(deps, keyOf(running));
+    const sleeping = await sleepInstance(deps, keyOf(running));
+    expect(sleeping.status).toBe("sleeping");
+    expect(plane.execs.map((e) => e.argv[0])).toContain(GUEST_HOOKS.sleepPrep);
+    expect(plane.processes.size).toBe(0);
+  });
+
+  it("sleeps even when the hook fails, and says so in a condition", async () => {
+    const running = await runningInstance();
+    deps = { ...deps, guest: { exec: async () => ({ exitCode: 1, stdout: "", stderr: "sync failed" }) } };
+    const sleeping = await sleepInstance(deps, keyOf(running));
+    expect(sleeping.status).toBe("sleeping");
+    const condition = sleeping.conditions.find((c) => c.type === "SleepPrepared");
+    expect(condition).toMatchObject({ status: "false", reason: "HookFailed" });
+    expect(condition?.message).toMatch(/sync failed/);
+  });
+
+  it("a failed snapshot leaves the instance running, unpaused, with no snapshot", async () => {
+    const running = await runningInstance();
+    plane.failAt = "seal";
+    await expect(sleepInstance(deps, keyOf(running))).rejects.toThrow(/fake failure at seal/);
+    const record = await deps.store.getInstance("acme", "web", running.instanceId);
+    expect(record?.status).toBe("running");
+    expect(plane.processes.has(running.vmm!.pid)).toBe(true);
+    expect(plane.paused.size).toBe(0);
+    expect([...plane.files.keys()].some((p) => p.startsWith(snapshotDir(running)))).toBe(false);
+  });
+
+  it("a failed snapshot of a warm instance leaves it warm (paused)", async () => {
+    const running = await runningInstance();
+    await warmInstance(deps, keyOf(running));
+    plane.failAt = "snapshot";
+    await expect(sleepInstance(deps, keyOf(running))).rejects.toThrow(/fake failure at snapshot/);
+    expect((await deps.store.getInstance("acme", "web", running.instanceId))?.status).toBe("warm");
+    expect(plane.paused.has(running.vmm!.pid)).toBe(true);
+  });
+
+  it("is idempotent and refuses instances that are not running or warm", async () => {
+    const running = await runningInstance();
+    const sleeping = await sleepInstance(deps, keyOf(running));
+    expect(await sleepInstance(deps, keyOf(running))).toEqual(sleeping);
+    await stopInstance(deps, keyOf(running));
+    await expectKind(sleepInstance(deps, keyOf(running)), "failed_precondition", /stopped/);
+  });
+});
+
+describe("wake", () => {
+  it("restores with the same devices and a fresh secrets disk, runs the wake hook with the host time, removes the snapshot", async () => {
+    const running = await runningInstance();
+    const bootSpec = plane.processes.get(running.vmm!.pid)!;
+    await sleepInstance(deps, keyOf(running));
+    const secretsPath = `/data/acme/web/instances/${running.instanceId}/run/secrets.ext4`;
+    plane.files.delete(secretsPath);
+    const woken = await wakeInstance(deps, keyOf(running));
+    expect(woken.status).toBe("running");
+    expect(woken.healthy).toBe(true);
+    expect(woken.vmm?.pid).not.toBe(running.vmm?.pid);
+    const restoreSpec = plane.processes.get(woken.vmm!.pid)!;
+    expect(restoreSpec.disks).toEqual(bootSpec.disks);
+    expect(restoreSpec.kernelArgs).toEqual(bootSpec.kernelArgs);
+    expect(restoreSpec.tap).toEqual(bootSpec.tap);
+    expect(plane.files.has(secretsPath)).toBe(true);
+    const hook = plane.execs.find((e) => e.argv[0] === GUEST_HOOKS.wake);
+    expect(Number(hook?.argv[1])).toBeGreaterThan(1_600_000_000);
+    expect(await instanceSnapshot(deps, keyOf(running))).toBeNull();
+    expect([...plane.files.keys()].some((p) => p.startsWith(snapshotDir(running)))).toBe(false);
+  });
+
+  it("is a no-op on a running instance", async () => {
+    const running = await runningInstance();
+    expect(await wakeInstance(deps, keyOf(running))).toEqual(running);
+  });
+
+  it("refuses a corrupted snapshot before starting anything; the instance stays sleeping with its snapshot", async () => {
+    const running = await runningInstance();
+    await sleepInstance(deps, keyOf(running));
+    const meta = (await instanceSnapshot(deps, keyOf(running)))!;
+    const file = `${snapshotDir(running)}/${meta.memoryFile}`;
+    plane.files.set(file, "garbage");
+    await expectKind(wakeInstance(deps, keyOf(running)), "failed_precondition", /corrupt/);
+    expect((await deps.store.getInstance("acme", "web", running.instanceId))?.status).toBe("sleeping");
+    expect(plane.processes.size).toBe(0);
+    expect(plane.files.get(file)).toBe("garbage");
+    expect(await instanceSnapshot(deps, keyOf(running))).toEqual(meta);
+  });
+
+  it("refuses a snapshot from another host, naming what differs", async () => {
+    const running = await runningInstance();
+    await sleepInstance(deps, keyOf(running));
+    plane.host = { ...plane.host, cpuModel: "other cpu" };
+    await expectKind(wakeInstance(deps, keyOf(running)), "failed_precondition", /cpu_model was "fake cpu", this host has "other cpu"/);
+    expect(plane.processes.size).toBe(0);
+    expect((await deps.store.getInstance("acme", "web", running.instanceId))?.status).toBe("sleeping");
+  });
+
+  it("over quota fails with exhausted and the instance stays sleeping", async () => {
+    const first = await runningInstance({ quotas: { maxRunning: 1 } });
+    await sleepInstance(deps, keyOf(first));
+    const second = await createInstance(deps, { tenantId: "acme", poolId: "web" });
+    await startInstance(deps, keyOf(second));
+    await expectKind(wakeInstance(deps, keyOf(first)), "exhausted", /max_running/);
+    expect((await deps.store.getInstance("acme", "web", first.instanceId))?.status).toBe("sleeping");
+    expect(await instanceSnapshot(deps, keyOf(first))).not.toBeNull();
+    expect(plane.processes.size).toBe(1);
+  });
+
+  it("a failed restore leaves the instance sleeping with snapshot, TAP and cgroup", async () => {
+    const running = await runningInstance();
+    await sleepInstance(deps, keyOf(running));
+    plane.failAt = "restore";
+    await expect(wakeInstance(deps, keyOf(running))).rejects.toThrow(/fake failure at restore/);
+    expect((await deps.store.getInstance("acme", "web", running.instanceId))?.status).toBe("sleeping");
+    expect(await instanceSnapshot(deps, keyOf(running))).not.toBeNull();
+    expect(plane.taps.has(running.net.tapName)).toBe(true);
+    expect(plane.cgroups.size).toBe(1);
+  });
+
+  it("a failing wake hook stops the restored vmm and leaves the instance sleeping", async () => {
+    const running = await runningInstance();
+    await sleepInstance(deps, keyOf(running));
+    deps = { ...deps, guest: { exec: async (_t, argv) => ({ exitCode: argv[0] === GUEST_HOOKS.wake ? 7 : 0, stdout: "", stderr: "no secrets" }) } };
+    await expectKind(wakeInstance(deps, keyOf(running)), "unavailable", /wake hook .* exited 7: no secrets/);
+    expect(plane.processes.size).toBe(0);
+    expect((await deps.store.getInstance("acme", "web", running.instanceId))?.status).toBe("sleeping");
+  });
+
+  it("retries a guest that cannot be reached yet", async () => {
+    const running = await runningInstance();
+    await sleepInstance(deps, keyOf(running));
+    let attempts = 0;
+    deps = {
+      ...deps,
+      clock: { nowMs: () => Date.now() },
+      guest: {
+        exec: async () => {
+          attempts++;
+          if (attempts < 3) throw new Error("ssh: connection refused");
+          return { exitCode: 0, stdout: "", stderr: "" };
+        },
+      },
+    };
+    expect((await wakeInstance(deps, keyOf(running))).status).toBe("running");
+    expect(attempts).toBe(3);
+  });
+
+  it("a sleeping instance without a snapshot cannot wake", async () => {
+    const running = await runningInstance();
+    await sleepInstance(deps, keyOf(running));
+    await deps.snapshots.remove(snapshotDir(running));
+    await expectKind(wakeInstance(deps, keyOf(running)), "failed_precondition", /has no snapshot/);
+  });
+});
+
+describe("stop and destroy discard the snapshot", () => {
+  it("stop of a sleeping instance removes the snapshot, TAP and cgroup", async () => {
+    const running = await runningInstance();
+    await sleepInstance(deps, keyOf(running));
+    const stopped = await stopInstance(deps, keyOf(running));
+    expect(stopped.status).toBe("stopped");
+    expect(plane.snapshotMetas.size).toBe(0);
+    expect([...plane.files.keys()].some((p) => p.startsWith(snapshotDir(running)))).toBe(false);
+    expect(plane.taps.size).toBe(0);
+  });
+
+  it("destroy of a sleeping instance removes the snapshot", async () => {
+    const running = await runningInstance();
+    await sleepInstance(deps, keyOf(running));
+    await destroyInstance(deps, keyOf(running));
+    expect(plane.snapshotMetas.size).toBe(0);
+  });
+});
+
+describe("hostCompatibilityProblems", () => {
+  it("lists each differing field and nothing when equal", () => {
+    const a = { cpuModel: "x", hostKernel: "6.1", vmmVersion: "7.2.22" };
+    expect(hostCompatibilityProblems(a, a)).toEqual([]);
+    expect(hostCompatibilityProblems(a, { ...a, hostKernel: "6.2", vmmVersion: "8.0" })).toEqual([
+      'host_kernel was "6.1", this host has "6.2"',
+      'vmm_version was "7.2.22", this host has "8.0"',
+    ]);
+  });
+});

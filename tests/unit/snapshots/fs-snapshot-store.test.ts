@@ -1,0 +1,95 @@
+// The filesystem snapshot store with the real lz4 and zstd tools: seal, read back, verify, decompress, refuse.
+
+import { createHash, randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import type { SnapshotSealInfo } from "../../../src/core/data-plane-ports.js";
+import { isMvmError } from "../../../src/core/errors.js";
+import { createFsSnapshotStore, metaProblems } from "../../../src/runtime/snapshots/fs-snapshot-store.js";
+
+let root: string;
+let dir: string;
+const store = createFsSnapshotStore({ kernelRelease: () => "6.1.0-test" });
+
+beforeEach(async () => {
+  root = await mkdtemp(join(tmpdir(), "mvm-snap-"));
+  dir = join(root, "snapshot");
+  await store.create(dir);
+});
+afterEach(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+/** Compressible content (repeated blocks) with some random bytes, like guest memory. */
+function memoryContent(): Buffer {
+  const block = randomBytes(4096);
+  return Buffer.concat([...Array.from({ length: 256 }, () => block), randomBytes(64 * 1024)]);
+}
+
+async function info(compression: SnapshotSealInfo["compression"]): Promise<SnapshotSealInfo> {
+  return { hypervisor: "qemu", revision: "rev1", memMib: 128, compression, createdAt: "2024-01-01T00:00:00.000Z", host: await store.hostStamp("7.2.22") };
+}
+
+describe.each(["none", "lz4", "zstd"] as const)("compression %s", (compression) => {
+  it("seals with a meta file and opens to the original bytes", async () => {
+    const content = memoryContent();
+    await writeFile(join(dir, "memory.mig"), content);
+    const meta = await store.seal(dir, { type: "full", memoryFile: join(dir, "memory.mig"), stateFile: null, baseMemoryFile: null }, await info(compression));
+    expect(meta.compression).toBe(compression);
+    expect(meta.uncompressedSizeBytes).toBe(content.length);
+    const stored = await readFile(join(dir, meta.memoryFile));
+    expect(meta.memorySizeBytes).toBe(stored.length);
+    expect(meta.sha256).toBe(createHash("sha256").update(stored).digest("hex"));
+    if (compression !== "none") {
+      expect(meta.memorySizeBytes).toBeLessThan(content.length);
+      expect(existsSync(join(dir, "memory.mig"))).toBe(false);
+    }
+    expect(await store.readMeta(dir)).toEqual(meta);
+
+    const opened = await store.open(dir, meta);
+    expect((await readFile(opened.files.memoryFile)).equals(content)).toBe(true);
+    await opened.release();
+    expect((await readdir(dir)).sort()).toEqual([meta.memoryFile, "meta.json"].sort());
+  });
+
+  it("refuses a file whose bytes changed, naming it, and leaves it in place", async () => {
+    await writeFile(join(dir, "memory.mig"), memoryContent());
+    const meta = await store.seal(dir, { type: "full", memoryFile: join(dir, "memory.mig"), stateFile: null, baseMemoryFile: null }, await info(compression));
+    const path = join(dir, meta.memoryFile);
+    const bytes = await readFile(path);
+    const middle = bytes.length >> 1;
+    bytes[middle] = bytes[middle]! ^ 0xff;
+    await writeFile(path, bytes);
+    const error = await store.open(dir, meta).then(() => null, (e: unknown) => e);
+    expect(isMvmError(error) && error.kind).toBe("failed_precondition");
+    expect((error as Error).message).toMatch(new RegExp(`${meta.memoryFile} is corrupt: sha256`));
+    expect((await stat(path)).size).toBe(meta.memorySizeBytes);
+  });
+});
+
+describe("snapshot directory", () => {
+  it("reads no meta from an empty or missing directory and removes idempotently", async () => {
+    expect(await store.readMeta(dir)).toBeNull();
+    await store.remove(dir);
+    await store.remove(dir);
+    expect(existsSync(dir)).toBe(false);
+    expect(await store.readMeta(dir)).toBeNull();
+  });
+
+  it("refuses a meta file that names a path outside the directory", async () => {
+    await writeFile(join(dir, "memory.mig"), "x");
+    const meta = await store.seal(dir, { type: "full", memoryFile: join(dir, "memory.mig"), stateFile: null, baseMemoryFile: null }, await info("none"));
+    await writeFile(join(dir, "meta.json"), JSON.stringify({ ...meta, memoryFile: "../../etc/passwd" }));
+    await expect(store.readMeta(dir)).rejects.toThrow(/memoryFile must be a plain file name/);
+    expect(metaProblems({ ...meta })).toEqual([]);
+  });
+
+  it("stamps the host with its cpu model, kernel and vmm version", async () => {
+    const stamp = await store.hostStamp("7.2.22");
+    expect(stamp).toMatchObject({ hostKernel: "6.1.0-test", vmmVersion: "7.2.22" });
+    expect(stamp.cpuModel.length).toBeGreaterThan(0);
+  });
+});
