@@ -7,13 +7,16 @@ import type { HypervisorKind, WorkerPool } from "../core/model.js";
 import { observeInstanceWrites } from "../core/observed-store.js";
 import type { InstanceEventSink } from "../core/observability-ports.js";
 import { DEFAULT_NETWORK_POOL, DEFAULT_TENANT_PREFIX } from "../core/subnet.js";
-import type { AuditActor, AuditEntry } from "../core/observability-ports.js";
+import type { AuditActor, AuditEntry, OperationObserver } from "../core/observability-ports.js";
 import { FsAuditLog } from "../runtime/audit/fs-audit-log.js";
 import { cgroupLimitsFor } from "../runtime/cgroups/cgroup-limits.js";
 import { createCgroups } from "../runtime/cgroups/linux-cgroups.js";
 import { createDebianImageBuilder } from "../runtime/images/debian-image-builder.js";
 import { createLinuxNetwork } from "../runtime/network/linux-network.js";
 import { createQemuVmm } from "../runtime/qemu/qemu-vmm.js";
+import { createFirecrackerVmm } from "../runtime/firecracker/firecracker-vmm.js";
+import type { VmmCapabilities } from "../core/data-plane-ports.js";
+import { createFsSnapshotStore } from "../runtime/snapshots/fs-snapshot-store.js";
 import { createEd25519KeyGenerator } from "../runtime/ssh/ed25519-key-generator.js";
 import { createSshGuestChannel } from "../runtime/ssh/ssh-guest-channel.js";
 import { resolveDataRoot } from "../runtime/store/data-root.js";
@@ -37,6 +40,8 @@ export interface NodeRuntimeOptions {
   /** Receives every instance write (the agent's watch hub); default: nobody. */
   events?: InstanceEventSink;
   onBrokenRecord?: (path: string, reason: string) => void;
+  /** Told how long each audited operation took (the agent's metrics); default: nobody. */
+  operations?: OperationObserver;
   /** Called after every audit entry is written (the agent counts them in its metrics). */
   onAuditEntry?: (entry: AuditEntry) => void;
 }
@@ -56,6 +61,18 @@ export async function openNodeRuntime(options: NodeRuntimeOptions): Promise<Node
   const store = observeInstanceWrites(fsStore, events);
   const netns = options.netns !== undefined ? options.netns : (env.MVM_NETNS || null);
   const qemu = createQemuVmm({});
+  const firecracker = createFirecrackerVmm({
+    // Jailed when MVM_FIRECRACKER_JAILER is set: jails live under the data root, so resources can be hard-linked.
+    jailer: env.MVM_FIRECRACKER_JAILER ? { chrootBaseDir: join(dataRoot, "jailer") } : null,
+    diffSnapshots: env.MVM_FIRECRACKER_DIFF_SNAPSHOTS === "1",
+    seccomp: { filterBpf: env.MVM_SECCOMP_FILTER_BPF || null, filterJson: env.MVM_SECCOMP_FILTER_JSON || null },
+  });
+  // Probed once per runtime: the probe boots a tiny guest, and what the host can do does not change while it runs.
+  let firecrackerCaps: Promise<VmmCapabilities> | null = null;
+  const firecrackerUsable = async (): Promise<VmmCapabilities> => {
+    firecrackerCaps ??= firecracker.capabilities();
+    return firecrackerCaps;
+  };
   const poolDir = (tenantId: string, poolId: string) => join(dataRoot, "tenants", tenantId, "pools", poolId);
 
   return {
@@ -66,20 +83,26 @@ export async function openNodeRuntime(options: NodeRuntimeOptions): Promise<Node
     networkPool: { cidr: env.MVM_NETWORK_POOL ?? DEFAULT_NETWORK_POOL, prefixLen: DEFAULT_TENANT_PREFIX },
     audit: new FsAuditLog(dataRoot, options.onAuditEntry ? { onAppend: options.onAuditEntry } : {}),
     actor: options.actor,
+    operations: options.operations,
     events,
     vmm(kind: HypervisorKind) {
-      if (kind === "qemu") return qemu;
-      throw failedPrecondition("the firecracker driver is not available on this node: use hypervisor qemu or auto");
+      return kind === "qemu" ? qemu : firecracker;
     },
     async chooseHypervisor(pool: WorkerPool): Promise<HypervisorKind> {
-      if (pool.hypervisor === "firecracker") {
-        throw failedPrecondition(`pool ${pool.tenantId}/${pool.poolId} asks for firecracker, which this node cannot run: see mvm doctor`);
+      if (pool.hypervisor === "qemu") return "qemu";
+      const caps = await firecrackerUsable();
+      const usable = caps.available && caps.kvmUsable;
+      if (pool.hypervisor === "firecracker" && !usable) {
+        throw failedPrecondition(
+          `pool ${pool.tenantId}/${pool.poolId} asks for firecracker, which this node cannot run (${caps.notes.join("; ")}): see mvm doctor`,
+        );
       }
-      return "qemu";
+      return usable ? "firecracker" : "qemu";
     },
     network: createLinuxNetwork({ netns }),
     cgroups: createCgroups({}),
     volumes: createLinuxVolumes(),
+    snapshots: createFsSnapshotStore(),
     guest: createSshGuestChannel(),
     // A shared cache (MVM_IMAGE_CACHE) lets several data roots on one host, such as test runs, build each image once.
     imageBuilder: createDebianImageBuilder({ cacheDir: env.MVM_IMAGE_CACHE || join(dataRoot, "images", "cache") }),

@@ -3,7 +3,7 @@
 import { access, constants, readFile } from "node:fs/promises";
 import { execa } from "execa";
 import { probeKvmCached } from "../qemu/kvm-probe.js";
-import { readHostFacts } from "./host-facts.js";
+import { findOnPath, readHostFacts } from "./host-facts.js";
 
 export type CheckLevel = "ok" | "warn" | "fail";
 
@@ -55,6 +55,13 @@ export async function runHostChecks(dataRoot: string): Promise<HostCheck[]> {
   });
   const jailer = binary("jailer");
   checks.push({ check: "jailer", level: jailer?.path ? "ok" : "warn", detail: jailer?.path ?? "not installed", required: false });
+  const seccompiler = await findOnPath("seccompiler-bin");
+  checks.push({
+    check: "seccompiler",
+    level: seccompiler ? "ok" : "warn",
+    detail: seccompiler ?? "seccompiler-bin not installed: seccomp policy strict needs a precompiled bpf filter (MVM_SECCOMP_FILTER_BPF)",
+    required: false,
+  });
   const kvm = qemu?.path ? await probeKvmCached({ binary: qemu.path }) : { usable: false, reason: "no QEMU to probe with" };
   checks.push({
     check: "kvm",

@@ -60,6 +60,23 @@ describe("start", () => {
     expect(spec.disks[1]!.path).toMatch(/placeholder/);
   });
 
+  it("gives Firecracker a raw copy of the root image and the pool's seccomp policy; QEMU a qcow2 overlay", async () => {
+    const created = await builtPool(0);
+    await startInstance(deps, keyOf(created));
+    const qemuRoot = [...plane.processes.values()][0]!.disks[0]!;
+    expect(qemuRoot).toMatchObject({ format: "qcow2", path: expect.stringMatching(/root\.qcow2$/) });
+    expect(plane.files.get(qemuRoot.path)).toBe("overlay of /data/acme/web/revisions/abc123/rootfs.ext4");
+    await stopInstance(deps, keyOf(created));
+
+    const firecracker = { ...deps, chooseHypervisor: async () => "firecracker" as const };
+    const running = await startInstance(firecracker, keyOf(created));
+    expect(running.vmm?.hypervisor).toBe("firecracker");
+    const spec = [...plane.processes.values()][0]!;
+    expect(spec.disks[0]).toMatchObject({ role: "root", format: "raw", path: expect.stringMatching(/root\.raw$/) });
+    expect(plane.files.get(spec.disks[0]!.path)).toBe("raw copy of /data/acme/web/revisions/abc123/rootfs.ext4");
+    expect(spec.seccompPolicy).toBe((await deps.store.getPool("acme", "web"))!.seccompPolicy);
+  });
+
   it("is idempotent: starting a running instance changes nothing", async () => {
     const created = await builtPool();
     const first = await startInstance(deps, keyOf(created));
