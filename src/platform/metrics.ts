@@ -28,6 +28,14 @@ export interface CountedInstance {
   status: string;
 }
 
+/** What `setInstanceIdle` needs of an instance's idle metrics (structural, so platform does not depend on core). */
+export interface IdleSecondsOf {
+  tenantId: string;
+  poolId: string;
+  instanceId: string;
+  idleS: number;
+}
+
 export interface MetricsOptions {
   /** Also collect prom-client's process metrics (CPU, memory, event loop lag, GC, handles). Default true. */
   processMetrics?: boolean;
@@ -62,6 +70,12 @@ export interface Metrics {
   readonly watchers: Gauge<"stream">;
   /** Watchers cut off because their buffer overflowed (each one lost its queued events and must resume). */
   readonly watchersCutOff: Counter<"stream">;
+  /** Warm and sleep actions of the idle policy, by tenant, pool, action and result (`success`, `failure`, `skipped`). */
+  readonly idleActions: Counter<"tenant" | "pool" | "action" | "result">;
+  /** Idle seconds of each running or warm instance as the idle sampler last saw it; maintained by `setInstanceIdle`. */
+  readonly instanceIdleSeconds: Gauge<"tenant" | "pool" | "instance">;
+  /** 1 while the idle policy judges the host under memory pressure, else 0. */
+  readonly hostMemoryPressure: Gauge<string>;
 
   observeRpc(service: string, method: string, code: string, seconds: number): void;
   recordTransition(from: string, to: string, operation: string): void;
@@ -69,6 +83,8 @@ export interface Metrics {
   setInstanceCounts(instances: Iterable<CountedInstance>): void;
   /** Replaces every tenant's snapshot byte count. */
   setSnapshotBytes(bytesByTenant: Readonly<Record<string, number>> | ReadonlyMap<string, number>): void;
+  /** Replaces every instance's idle seconds (instances no longer sampled disappear). */
+  setInstanceIdle(instances: Iterable<IdleSecondsOf>): void;
   /** The exposition text for a scrape. */
   render(): Promise<string>;
   /** The Content-Type header for `render()`'s output. */
@@ -176,6 +192,24 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
     registers,
   });
 
+  const idleActions = new Counter({
+    name: `${p}idle_actions_total`,
+    help: "Warm and sleep actions of the idle policy, by tenant, pool, action and result",
+    labelNames: ["tenant", "pool", "action", "result"] as const,
+    registers,
+  });
+  const instanceIdleSeconds = new Gauge({
+    name: `${p}instance_idle_seconds`,
+    help: "Idle time of each running or warm instance at the last idle sample, seconds",
+    labelNames: ["tenant", "pool", "instance"] as const,
+    registers,
+  });
+  const hostMemoryPressure = new Gauge({
+    name: `${p}host_memory_pressure`,
+    help: "1 while the idle policy judges the host under memory pressure, else 0",
+    registers,
+  });
+
   return {
     registry,
     rpcRequests,
@@ -193,6 +227,9 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
     auditEntries,
     watchers,
     watchersCutOff,
+    idleActions,
+    instanceIdleSeconds,
+    hostMemoryPressure,
     observeRpc(service, method, code, seconds) {
       rpcRequests.inc({ service, method, code });
       rpcDuration.observe({ service, method }, seconds);
@@ -216,6 +253,11 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
       const entries = bytesByTenant instanceof Map ? [...bytesByTenant] : Object.entries(bytesByTenant);
       snapshotBytes.reset();
       for (const [tenant, bytes] of entries) snapshotBytes.set({ tenant }, bytes);
+    },
+    setInstanceIdle(list) {
+      const rows = [...list];
+      instanceIdleSeconds.reset();
+      for (const r of rows) instanceIdleSeconds.set({ tenant: r.tenantId, pool: r.poolId, instance: r.instanceId }, r.idleS);
     },
     render: () => registry.metrics(),
     contentType: registry.contentType,
