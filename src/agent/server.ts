@@ -33,6 +33,7 @@ import { createGrpcUnaryLane, dispatchStream, type RegisteredService } from "../
 import { apiInterceptors, apiServices, MVM_SERVICES, registerApiServices } from "../api/routes.js";
 import { agentVersion, type AgentVersion } from "./agent-version.js";
 import { createHostNodeFacts } from "./host-node-facts.js";
+import type { ReconcileController } from "../core/use-cases/reconcile.js";
 import type { NodeRuntime } from "./node-runtime-types.js";
 
 export const DEFAULT_LISTEN = { host: "0.0.0.0", port: 7443 };
@@ -73,6 +74,8 @@ export interface AgentServerOptions {
   defaultHeartbeatMs?: number;
   /** How often the node certificate is checked for renewal, ms; 0 disables. Default 3600000 (hourly). */
   certificateCheckIntervalMs?: number;
+  /** The reconcile controller the agent's loop uses, so that the API shares its passes. Default: the API's own. */
+  reconciler?: ReconcileController;
 }
 
 export interface AgentAddresses {
@@ -238,6 +241,7 @@ export function buildAgentServer(options: AgentServerOptions): AgentServer {
       version: options.version ?? agentVersion(),
       shutdownSignal: shutdown.signal,
       defaultHeartbeatMs: options.defaultHeartbeatMs,
+      reconciler: options.reconciler,
     };
     const interceptors = apiInterceptors(deps, { trustDomain });
     const protocols = { grpc: true, grpcWeb: true, connect: true } as const;

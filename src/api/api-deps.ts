@@ -5,6 +5,7 @@ import type { Logger } from "pino";
 import type { AuditEntry, AuditLog } from "../core/observability-ports.js";
 import type { BuildDeps } from "../core/use-cases/builds.js";
 import type { DataPlaneDeps } from "../core/use-cases/lifecycle.js";
+import type { ReconcileController } from "../core/use-cases/reconcile.js";
 import type { WatchHub } from "../core/watch-hub.js";
 import type { Metrics } from "../platform/metrics.js";
 import type { CertStore } from "../platform/pki/cert-store.js";
@@ -92,4 +93,6 @@ export interface ApiDeps {
   shutdownSignal: AbortSignal;
   /** Interval between WatchInstances heartbeats when the request gives none, ms. Default 15000. */
   defaultHeartbeatMs?: number;
+  /** The agent's reconcile controller, shared with its periodic loop. Default: one of ReconcileService's own. */
+  reconciler?: ReconcileController;
 }

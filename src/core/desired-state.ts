@@ -29,6 +29,7 @@ import type {
   TenantQuota,
 } from "./model.js";
 import { bridgeName, netIdViolations } from "./naming.js";
+import { desiredCountsExcess, type DesiredTotalExcess } from "./quota.js";
 import { cidrsOverlap, cidrViolations, formatCidr, gatewayAddress, parseCidr } from "./subnet.js";
 import type { Cidr } from "./subnet.js";
 import {
@@ -485,7 +486,7 @@ interface TenantDraft {
   network: NetworkDraft;
 }
 
-/** Desired counts against the tenant's quota: what reconcile would be refused for anyway, caught before it starts. */
+/** Desired counts against the tenant's quota (quota.ts): what reconcile would be refused for anyway, caught before it starts. */
 function poolsWithinQuota(
   pools: readonly PoolDraft[],
   quotas: TenantQuota,
@@ -496,44 +497,26 @@ function poolsWithinQuota(
   if (pools.length > quotas.maxPools) {
     violations.push({ field: poolsPath, rule: `${pools.length} pools, above quotas.max_pools (${quotas.maxPools})` });
   }
-  let running = 0;
-  let warm = 0;
-  let vcpus = 0;
-  let memMib = 0;
-  let diskMib = 0;
-  for (const draft of pools) {
-    if (!draft.counts) continue;
-    const c = draft.counts;
-    running += c.running;
-    warm += c.warm;
-    const instances = c.running + c.warm + c.sleeping;
-    if (instances > quotas.maxInstancesPerPool) {
-      violations.push({
-        field: `${draft.path}.desired_counts`,
-        rule: `running + warm + sleeping is ${instances}, above quotas.max_instances_per_pool (${quotas.maxInstancesPerPool})`,
-      });
-    }
-    if (draft.resources) {
-      vcpus += (c.running + c.warm) * draft.resources.vcpus;
-      memMib += (c.running + c.warm) * draft.resources.memMib;
-      diskMib += instances * draft.resources.dataDiskMib;
-    }
+  const excess = desiredCountsExcess(pools, quotas);
+  for (const { index, instances } of excess.poolsAboveInstanceLimit) {
+    violations.push({
+      field: `${(pools[index] as PoolDraft).path}.desired_counts`,
+      rule: `running + warm + sleeping is ${instances}, above quotas.max_instances_per_pool (${quotas.maxInstancesPerPool})`,
+    });
   }
-  const totals: Array<[number, keyof TenantQuota, string]> = [
-    [running, "maxRunning", "desired running instances"],
-    [warm, "maxWarm", "desired warm instances"],
-    [vcpus, "maxVcpus", "vCPUs of desired running + warm instances"],
-    [memMib, "maxMemMib", "memory (MiB) of desired running + warm instances"],
-    [diskMib / 1024, "maxDiskGib", "data disks (GiB) of desired instances"],
-  ];
-  for (const [total, limit, what] of totals) {
-    if (total > quotas[limit]) {
-      const shown = Number.isInteger(total) ? String(total) : total.toFixed(2);
-      violations.push({
-        field: poolsPath,
-        rule: `${what} total ${shown} across pools, above quotas.${toSnakeCase(limit)} (${quotas[limit]})`,
-      });
-    }
+  const what: Record<DesiredTotalExcess["limit"], string> = {
+    maxRunning: "desired running instances",
+    maxWarm: "desired warm instances",
+    maxVcpus: "vCPUs of desired running + warm instances",
+    maxMemMib: "memory (MiB) of desired running + warm instances",
+    maxDiskGib: "data disks (GiB) of desired instances",
+  };
+  for (const { limit, total } of excess.totals) {
+    const shown = Number.isInteger(total) ? String(total) : total.toFixed(2);
+    violations.push({
+      field: poolsPath,
+      rule: `${what[limit]} total ${shown} across pools, above quotas.${toSnakeCase(limit)} (${quotas[limit]})`,
+    });
   }
 }
 

@@ -117,6 +117,8 @@ export interface WorkerPool {
   critical: boolean;
   /** Set by a successful build; empty until then. */
   currentRevision: string;
+  /** Set by reconcile (`NotBuilt`, `Reconciled`); absent on pools it never touched. */
+  conditions?: Condition[];
   createdAt: Timestamp;
   updatedAt: Timestamp;
 }

@@ -1,7 +1,8 @@
 // Ports: the narrow interfaces through which core reaches the world. Adapters live in src/runtime (real) and
 // src/runtime/fake (in-memory, for unit tests only). Core never imports an adapter.
 
-import type { BuildRevision, Instance, NodeRecord, Tenant, WorkerPool } from "./model.js";
+import type { DesiredState } from "./desired-state.js";
+import type { BuildRevision, Instance, NodeRecord, Tenant, Timestamp, WorkerPool } from "./model.js";
 
 /** A record file that could not be parsed and was moved aside (renamed to `<name>.broken`). */
 export interface BrokenRecord {
@@ -55,6 +56,23 @@ export interface Store {
 
   /** Every `*.broken` file under the data root, with the reason recorded when it was moved aside. */
   brokenRecords(): Promise<BrokenRecord[]>;
+
+  /** The desired state last applied to this node (SPEC §9); null when none ever was. */
+  getDesiredState(): Promise<AppliedDesiredState | null>;
+  /** Replaces the applied desired state atomically. Callers serialise applies (withNodeLock). */
+  putDesiredState(applied: AppliedDesiredState): Promise<void>;
+}
+
+/** The last applied desired state, kept so that the node keeps converging while its coordinator is away. */
+export interface AppliedDesiredState {
+  schemaVersion: number;
+  /** The validated document, defaults filled in. */
+  document: DesiredState;
+  /** Rises by one with every apply that changes the document (by `hash`); an identical document keeps it. */
+  generation: number;
+  /** Lowercase hex SHA-256 of the document's canonical protobuf form. */
+  hash: string;
+  appliedAt: Timestamp;
 }
 
 export interface SshKeyPair {

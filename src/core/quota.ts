@@ -171,3 +171,49 @@ export function assertQuota(tenantId: string, quota: TenantQuota, usage: TenantU
   if (exceeded.length === 0) return;
   throw exhausted(`tenant ${tenantId}: ${exceeded.map(describeQuotaViolation).join("; ")}`);
 }
+
+/** One pool's desired counts and shape, as `desiredCountsExcess` reads them; a part left out was invalid. */
+export interface DesiredPoolLoad {
+  counts?: { running: number; warm: number; sleeping: number };
+  resources?: { vcpus: number; memMib: number; dataDiskMib: number };
+}
+
+/** A sum over every pool's desired counts that is above one limit. */
+export interface DesiredTotalExcess {
+  limit: "maxRunning" | "maxWarm" | "maxVcpus" | "maxMemMib" | "maxDiskGib";
+  /** running + warm instances, vCPUs, MiB or GiB (fractional), by `limit`. */
+  total: number;
+}
+
+export interface DesiredCountsExcess {
+  /** Indexes (into the pools given) of pools whose running + warm + sleeping is above max_instances_per_pool. */
+  poolsAboveInstanceLimit: Array<{ index: number; instances: number }>;
+  /** Totals across pools above a tenant-wide limit, in the order running, warm, vCPUs, memory, disk. */
+  totals: DesiredTotalExcess[];
+}
+
+/**
+ * Desired counts of all a tenant's pools against its quota: what reconcile would be refused for anyway, so a scale
+ * or a desired-state document that could never be met is refused up front. vCPUs and memory count running + warm
+ * instances; data disks count every desired instance.
+ */
+export function desiredCountsExcess(pools: readonly DesiredPoolLoad[], quota: TenantQuota): DesiredCountsExcess {
+  const excess: DesiredCountsExcess = { poolsAboveInstanceLimit: [], totals: [] };
+  const sums = { maxRunning: 0, maxWarm: 0, maxVcpus: 0, maxMemMib: 0, maxDiskGib: 0 };
+  pools.forEach((pool, index) => {
+    const c = pool.counts;
+    if (!c) return;
+    const instances = c.running + c.warm + c.sleeping;
+    if (instances > quota.maxInstancesPerPool) excess.poolsAboveInstanceLimit.push({ index, instances });
+    sums.maxRunning += c.running;
+    sums.maxWarm += c.warm;
+    if (!pool.resources) return;
+    sums.maxVcpus += (c.running + c.warm) * pool.resources.vcpus;
+    sums.maxMemMib += (c.running + c.warm) * pool.resources.memMib;
+    sums.maxDiskGib += (instances * pool.resources.dataDiskMib) / MIB_PER_GIB;
+  });
+  for (const limit of ["maxRunning", "maxWarm", "maxVcpus", "maxMemMib", "maxDiskGib"] as const) {
+    if (sums[limit] > quota[limit]) excess.totals.push({ limit, total: sums[limit] });
+  }
+  return excess;
+}

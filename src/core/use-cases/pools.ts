@@ -17,7 +17,7 @@ import {
   type SleepPolicy,
   type WorkerPool,
 } from "../model.js";
-import { assertQuota, computeUsage } from "../quota.js";
+import { assertQuota, computeUsage, desiredCountsExcess, type DesiredTotalExcess } from "../quota.js";
 import {
   desiredCountsViolations,
   enumViolations,
@@ -166,25 +166,27 @@ export async function updatePool(deps: RecordDeps, key: PoolKey, spec: PoolSpecI
   });
 }
 
-/** Desired counts must fit the tenant's quota together with every other pool's desired counts. */
+/**
+ * Desired counts must fit the tenant's quota together with every other pool's desired counts (quota.ts). Data disks
+ * are left to instance create and start, which see the real usage including snapshots.
+ */
 async function assertScaleWithinQuota(deps: RecordDeps, pool: WorkerPool): Promise<void> {
   const tenant = await deps.store.getTenant(pool.tenantId);
   if (!tenant) throw notFound(`tenant ${pool.tenantId}`);
   const others = (await deps.store.listPools(pool.tenantId)).filter((p) => p.poolId !== pool.poolId);
-  const desired = [...others, pool];
-  const running = desired.reduce((n, p) => n + p.desiredCounts.running, 0);
-  const warm = desired.reduce((n, p) => n + p.desiredCounts.warm, 0);
-  const active = (p: WorkerPool) => p.desiredCounts.running + p.desiredCounts.warm;
-  const vcpus = desired.reduce((n, p) => n + active(p) * p.resources.vcpus, 0);
-  const memMib = desired.reduce((n, p) => n + active(p) * p.resources.memMib, 0);
-  const total = pool.desiredCounts.running + pool.desiredCounts.warm + pool.desiredCounts.sleeping;
-  const problems: string[] = [];
+  const desired = [...others, pool].map((p) => ({ counts: p.desiredCounts, resources: p.resources }));
+  const excess = desiredCountsExcess(desired, tenant.quotas);
   const q = tenant.quotas;
-  if (running > q.maxRunning) problems.push(`max_running ${q.maxRunning} < ${running} desired running`);
-  if (warm > q.maxWarm) problems.push(`max_warm ${q.maxWarm} < ${warm} desired warm`);
-  if (vcpus > q.maxVcpus) problems.push(`max_vcpus ${q.maxVcpus} < ${vcpus} vCPUs desired`);
-  if (memMib > q.maxMemMib) problems.push(`max_mem_mib ${q.maxMemMib} < ${memMib} MiB desired`);
-  if (total > q.maxInstancesPerPool) problems.push(`max_instances_per_pool ${q.maxInstancesPerPool} < ${total} instances desired`);
+  const wanted: Record<DesiredTotalExcess["limit"], (total: number) => string> = {
+    maxRunning: (n) => `max_running ${q.maxRunning} < ${n} desired running`,
+    maxWarm: (n) => `max_warm ${q.maxWarm} < ${n} desired warm`,
+    maxVcpus: (n) => `max_vcpus ${q.maxVcpus} < ${n} vCPUs desired`,
+    maxMemMib: (n) => `max_mem_mib ${q.maxMemMib} < ${n} MiB desired`,
+    maxDiskGib: () => "",
+  };
+  const problems = excess.totals.filter((e) => e.limit !== "maxDiskGib").map((e) => wanted[e.limit](e.total));
+  const own = excess.poolsAboveInstanceLimit.find((e) => e.index === desired.length - 1);
+  if (own) problems.push(`max_instances_per_pool ${q.maxInstancesPerPool} < ${own.instances} instances desired`);
   if (problems.length > 0) {
     throw invalid([{ field: "desired_counts", rule: `must fit tenant ${tenant.tenantId}'s quota: ${problems.join(", ")}` }]);
   }

@@ -10,7 +10,7 @@ import { MvmError, invalidField, notFound } from "../../core/errors.js";
 import { assertId, assertInstanceId } from "../../core/ids.js";
 import { SCHEMA_VERSION } from "../../core/model.js";
 import type { BuildRevision, Instance, NodeRecord, Tenant, WorkerPool } from "../../core/model.js";
-import type { BrokenRecord, Clock, Ids, SshKeyPair, Store } from "../../core/ports.js";
+import type { AppliedDesiredState, BrokenRecord, Clock, Ids, SshKeyPair, Store } from "../../core/ports.js";
 import { lockOrderViolation, sameLockKey } from "../store/lock-order.js";
 import type { StoreLockKey } from "../store/lock-order.js";
 
@@ -38,6 +38,7 @@ export class MemoryStore implements Store {
   private readonly clock: Clock;
   private readonly ids: Ids;
   private nodeRecord: NodeRecord | null = null;
+  private applied: AppliedDesiredState | null = null;
   private readonly tenants = new Map<string, TenantEntry>();
   private readonly broken: BrokenRecord[] = [];
   private readonly lockQueues = new Map<string, Promise<void>>();
@@ -177,6 +178,14 @@ export class MemoryStore implements Store {
 
   async brokenRecords(): Promise<BrokenRecord[]> {
     return copy(this.broken);
+  }
+
+  async getDesiredState(): Promise<AppliedDesiredState | null> {
+    return this.applied ? copy(this.applied) : null;
+  }
+
+  async putDesiredState(applied: AppliedDesiredState): Promise<void> {
+    this.applied = stamped(applied);
   }
 
   /** Lets a test pretend a record was found corrupt and moved aside. */

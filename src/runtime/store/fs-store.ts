@@ -1,5 +1,6 @@
 // The Store port on the local filesystem (SPEC §5). Layout under the data root:
 //   node.json
+//   desired-state.json                                  (the last applied desired state, SPEC §9)
 //   locks/{node.lock, tenant-<t>.lock}
 //   tenants/<t>/{tenant.json, ssh/{id_ed25519, id_ed25519.pub}}
 //   tenants/<t>/pools/<p>/{pool.json, builds.json}
@@ -18,7 +19,7 @@ import { MvmError, invalidField, notFound } from "../../core/errors.js";
 import { assertId, assertInstanceId, isValidId, isValidInstanceId } from "../../core/ids.js";
 import { SCHEMA_VERSION } from "../../core/model.js";
 import type { BuildRevision, Instance, NodeRecord, Tenant, WorkerPool } from "../../core/model.js";
-import type { BrokenRecord, Clock, Ids, SshKeyPair, Store } from "../../core/ports.js";
+import type { AppliedDesiredState, BrokenRecord, Clock, Ids, SshKeyPair, Store } from "../../core/ports.js";
 import {
   createFileExclusive,
   readJsonRecord,
@@ -61,6 +62,7 @@ const NODE_ID_RANDOM_BYTES = 6;
 
 const FILES = {
   node: "node.json",
+  desiredState: "desired-state.json",
   tenant: "tenant.json",
   pool: "pool.json",
   builds: "builds.json",
@@ -129,6 +131,20 @@ export class FsStore implements Store {
       if (await createFileExclusive(path, serialize(fresh), { mode: RECORD_MODE })) return fresh;
     }
     throw new MvmError("internal", `node record ${path} could not be read or created`);
+  }
+
+  // ---- desired state ----------------------------------------------------------------------------------------------
+
+  async getDesiredState(): Promise<AppliedDesiredState | null> {
+    const check: ShapeCheck = (v) =>
+      typeof v.generation === "number" && typeof v.hash === "string" && typeof v.document === "object" && v.document !== null
+        ? null
+        : "generation, hash or document is missing";
+    return this.readRecord<AppliedDesiredState>(this.path(FILES.desiredState), check);
+  }
+
+  async putDesiredState(applied: AppliedDesiredState): Promise<void> {
+    await this.writeRecord(this.path(FILES.desiredState), applied);
   }
 
   // ---- tenants ----------------------------------------------------------------------------------------------------

@@ -215,7 +215,7 @@ describe("NodeService", () => {
 });
 
 describe("ReconcileService", () => {
-  it("validates a desired state fully, with request paths, before saying reconcile is missing", async () => {
+  it("validates a desired state fully, with request paths, then applies, plans and reconciles it", async () => {
     const api = h.client(ReconcileService, "admin");
     const nodeId = (await h.runtime.store.node()).nodeId;
     const bad = create(DesiredStateSchema, {
@@ -229,11 +229,21 @@ describe("ReconcileService", () => {
     const elsewhere = create(DesiredStateSchema, { schemaVersion: 1, nodeId: "n-elsewhere" });
     const wrongNode = await expectCode(api.applyDesiredState({ desiredState: elsewhere }), Code.InvalidArgument);
     expect(wrongNode.rawMessage).toMatch(/another node/);
-    const good = create(DesiredStateSchema, { schemaVersion: 1, nodeId, tenants: [{ tenantId: "acme" }] });
-    await expectCode(api.applyDesiredState({ desiredState: good }), Code.Unimplemented);
     await expectCode(api.getDesiredState({}), Code.NotFound);
     await expectCode(api.triggerReconcile({}), Code.FailedPrecondition);
-    await expectCode(api.planDesiredState({ desiredState: good }), Code.Unimplemented);
+    const good = create(DesiredStateSchema, { schemaVersion: 1, nodeId, tenants: [{ tenantId: "reconciled" }] });
+    const planned = await api.planDesiredState({ desiredState: good });
+    expect(planned.plan?.actions.map((a) => a.reason)).toEqual([expect.stringMatching(/not on this node/)]);
+    const applied = await api.applyDesiredState({ desiredState: good, wait: true });
+    expect(applied.generation).toBe(1n);
+    expect(applied.desiredStateHash).toMatch(/^[0-9a-f]{64}$/);
+    expect(applied.report?.converged).toBe(true);
+    expect(await h.runtime.store.getTenant("reconciled")).not.toBeNull();
+    const got = await api.getDesiredState({});
+    expect(got).toMatchObject({ generation: 1n, desiredStateHash: applied.desiredStateHash });
+    expect(got.desiredState?.tenants.map((t) => t.tenantId)).toEqual(["reconciled"]);
+    const again = await api.triggerReconcile({ wait: true });
+    expect(again.report).toMatchObject({ converged: true, results: [] });
   });
 });
 
