@@ -23,6 +23,7 @@ import {
   WatchInstancesResponseSchema,
 } from "../../../gen/mvm/v1/instance_service_pb.js";
 import { file_mvm_v1_reconcile_service, ReconcileService } from "../../../gen/mvm/v1/reconcile_service_pb.js";
+import { file_mvm_v1_fleet_service } from "../../../gen/mvm/v1/fleet_service_pb.js";
 import { InstanceStatus, InstanceSchema } from "../../../gen/mvm/v1/instance_pb.js";
 
 const repoRoot = join(import.meta.dirname, "../../..");
@@ -34,6 +35,7 @@ const serviceFiles: DescFile[] = [
   file_mvm_v1_pool_service,
   file_mvm_v1_instance_service,
   file_mvm_v1_reconcile_service,
+  file_mvm_v1_fleet_service,
 ];
 
 /** Every file of the package, reached through the imports of the service files. */
