@@ -1,12 +1,15 @@
 // The `mvm` command: wires the CLI adapters to the core use cases (this folder is the CLI's composition root).
 
+import { operationMetrics } from "../agent/lifecycle-metrics.js";
 import yargs, { type Argv } from "yargs";
 import { openNodeRuntime } from "../agent/node-runtime.js";
 import type { NodeRuntime } from "../agent/node-runtime-types.js";
 import { isMvmError } from "../core/errors.js";
 import { registerAuditCommands } from "./commands/audit.js";
+import { registerAgentReconcileCommand } from "./commands/agent-reconcile.js";
 import { registerAgentServeCommand } from "./commands/agent-serve.js";
 import { registerCertsCommands } from "./commands/certs.js";
+import { registerCoordinatorCommands } from "./commands/coordinator.js";
 import { registerDesiredCommands } from "./commands/desired.js";
 import { registerDevCommand } from "./commands/dev.js";
 import { registerHostCommands } from "./commands/host.js";
@@ -82,20 +85,22 @@ export function buildParser(argv: string[], ctx: CliContext, io: CliIo): Argv<Gl
   parser = registerHostCommands(parser, ctx);
   parser = registerDevCommand(parser, ctx);
   parser = registerNetCommands(parser, ctx);
-  parser = parser.command("agent", "the node agent: serve, certificates", (y) =>
-    registerAgentServeCommand(registerCertsCommands(y, ctx), ctx, (o) =>
+  parser = registerCoordinatorCommands(parser, ctx);
+  parser = parser.command("agent", "the node agent: serve, reconcile, certificates", (y) =>
+    registerAgentServeCommand(registerAgentReconcileCommand(registerCertsCommands(y, ctx), ctx), ctx, (o) =>
       openNodeRuntime({
         dataDir: o.dataDir,
         env: io.env,
         netns: o.netns,
         actor: { kind: "system", id: "system:agent" },
         events: o.watchHub,
+        operations: operationMetrics(o.metrics, o.watchHub),
         onAuditEntry: (e) => {
           o.metrics.auditEntries.inc({ action: e.action, outcome: e.outcome });
           if (e.action === "quota_reject") o.metrics.quotaRejections.inc({ tenant: e.tenantId, limit: e.reason.match(/quota (\w+)/)?.[1] ?? "unknown" });
         },
       }),
-    ).demandCommand(1, "agent: a subcommand is required (serve, certs)"),
+    ).demandCommand(1, "agent: a subcommand is required (serve, reconcile, certs)"),
   );
   return parser.demandCommand(1, "a command is required; see mvm --help");
 }

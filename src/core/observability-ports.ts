@@ -77,6 +77,20 @@ export interface AuditLog {
   append(record: AuditRecord): Promise<AuditEntry>;
 }
 
+/** One audited operation as it finished: what, on what, how it ended and how long it took. */
+export interface OperationTiming {
+  tenantId: string;
+  action: AuditAction;
+  target: string;
+  outcome: AuditOutcome;
+  durationMs: number;
+}
+
+/** Receives the timing of every audited operation (the agent turns boot, wake and sleep times into metrics). */
+export interface OperationObserver {
+  finished(timing: OperationTiming): void;
+}
+
 export type InstanceEvent = { kind: "upsert"; instance: Instance } | { kind: "deleted"; instance: Instance };
 
 export interface InstanceEventSink {

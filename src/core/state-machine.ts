@@ -56,6 +56,11 @@ export const OPERATION_TARGETS: Readonly<Record<Operation, InstanceStatus>> = Ob
   destroy: "destroyed",
 });
 
+/** The operation whose edge leads from `from` to `to` (each pair has at most one), or null when none does. */
+export function operationBetween(from: InstanceStatus, to: InstanceStatus): Operation | null {
+  return TRANSITIONS.find((t) => t.from === from && t.to === to)?.op ?? null;
+}
+
 export function isTerminal(status: InstanceStatus): boolean {
   return status === "destroyed";
 }

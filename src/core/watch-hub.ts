@@ -21,7 +21,7 @@
 // themselves.
 
 import { MvmError, exhausted } from "./errors.js";
-import type { Instance } from "./model.js";
+import type { Instance, InstanceStatus } from "./model.js";
 import type { InstanceEvent, InstanceEventSink } from "./observability-ports.js";
 
 export type WatchEventBody =
@@ -69,6 +69,8 @@ export interface WatchHubObserver {
   watcherCountChanged?(count: number): void;
   /** A watcher was cut off because its buffer overflowed. */
   watcherCutOff?(): void;
+  /** An instance's status changed (a deleted record ends as destroyed); not called for a new record. */
+  statusChanged?(from: InstanceStatus, to: InstanceStatus, instance: Instance): void;
 }
 
 export interface WatchHubOptions {
@@ -365,6 +367,13 @@ export class WatchHub implements InstanceEventSink {
     const change: Change = { revision: this.currentRevision, kind: event.kind, instance: event.instance, previous };
     this.history.push(change);
     for (const w of [...this.watchers]) w.offerChange(change);
+    const to: InstanceStatus = event.kind === "deleted" ? "destroyed" : event.instance.status;
+    if (previous !== undefined && previous.status !== to) this.observer.statusChanged?.(previous.status, to, event.instance);
+  }
+
+  /** The current record of the instance at `path` (`tenant/pool/instance`), if the hub knows it. */
+  find(path: string): Instance | undefined {
+    return this.state.get(path);
   }
 
   /** Sends a heartbeat to every watcher (the server calls this on a timer). */

@@ -5,7 +5,7 @@
 
 import { isMvmError } from "../errors.js";
 import { isValidId } from "../ids.js";
-import type { AuditAction, AuditActor } from "../observability-ports.js";
+import type { AuditAction, AuditActor, AuditOutcome } from "../observability-ports.js";
 import type { RecordDeps } from "./deps.js";
 
 export const LOCAL_ACTOR: AuditActor = { kind: "local", id: "local" };
@@ -29,6 +29,9 @@ const UNAUDITED_KINDS = new Set(["invalid", "not_found", "already_exists"]);
 export async function audited<T>(deps: RecordDeps, what: AuditedAction, run: () => Promise<T>): Promise<T> {
   const log = deps.audit;
   if (!log || (what.tenantId !== "" && !isValidId(what.tenantId))) return run();
+  const startedMs = deps.clock.nowMs();
+  const timed = (outcome: AuditOutcome) =>
+    deps.operations?.finished({ tenantId: what.tenantId, action: what.action, target: what.target, outcome, durationMs: deps.clock.nowMs() - startedMs });
   const actor = deps.actor ?? LOCAL_ACTOR;
   const base = { tenantId: what.tenantId, actor, action: what.action, target: what.target, details: what.details ?? {} };
   const logFor = (choice: "tenant" | "node" | undefined) => (choice === "node" ? "" : what.tenantId);
@@ -40,12 +43,14 @@ export async function audited<T>(deps: RecordDeps, what: AuditedAction, run: () 
     const reason = error instanceof Error ? error.message : String(error);
     const outcome = isMvmError(error) && error.kind === "permission_denied" ? "denied" : "failure";
     const tenantId = logFor(what.failureLog);
+    timed(outcome);
     await log.append({ ...base, tenantId, outcome, reason });
     if (isMvmError(error) && error.kind === "exhausted" && /quota/.test(error.message)) {
       await log.append({ ...base, tenantId, action: "quota_reject", outcome: "denied", reason, details: { ...base.details, refused: what.action } });
     }
     throw error;
   }
+  timed("success");
   await log.append({ ...base, tenantId: logFor(what.successLog), outcome: "success", reason: "" });
   return result;
 }

@@ -1,4 +1,4 @@
-import type { AuditActor, AuditLog } from "../observability-ports.js";
+import type { AuditActor, AuditLog, OperationObserver } from "../observability-ports.js";
 import type { Clock, Ids, KeyGenerator, Store } from "../ports.js";
 
 /** What the record use cases need from the world. Composition roots build it from real adapters; tests from fakes. */
@@ -13,6 +13,8 @@ export interface RecordDeps {
   audit?: AuditLog;
   /** Who is acting: set per request by the API edge, `local:<user>` by the CLI. */
   actor?: AuditActor;
+  /** Told how long each audited operation took; absent where nobody measures. */
+  operations?: OperationObserver;
 }
 
 export function timestamp(clock: Clock): string {
