@@ -272,3 +272,53 @@ export function poolSpecPatchFromMask(
   });
   return out;
 }
+
+/**
+ * A use-case PoolSpecInput as a PoolSpec plus the update-mask paths of the fields it sets (the inverse of
+ * poolSpecPatchFromMask), for clients that act through the API: UpdatePool reads only the masked fields.
+ */
+export function poolSpecInputToProto(input: PoolSpecInput): { spec: ProtoPoolSpec; paths: string[] } {
+  const paths: string[] = [];
+  const spec = create(PoolSpecSchema);
+  if (input.image !== undefined) {
+    spec.image = imageSourceToProto(input.image);
+    paths.push("image");
+  }
+  if (input.resources !== undefined) {
+    spec.resources = create(PoolResourcesSchema, { ...input.resources });
+    for (const key of ["vcpus", "memMib", "dataDiskMib"] as const) if (input.resources[key] !== undefined) paths.push(`resources.${snakeCase(key)}`);
+  }
+  if (input.desiredCounts !== undefined) {
+    spec.desiredCounts = create(DesiredCountsSchema, { ...input.desiredCounts });
+    for (const key of ["running", "warm", "sleeping"] as const) if (input.desiredCounts[key] !== undefined) paths.push(`desired_counts.${key}`);
+  }
+  if (input.hypervisor !== undefined) {
+    spec.hypervisor = hypervisorToProto(input.hypervisor);
+    paths.push("hypervisor");
+  }
+  if (input.seccompPolicy !== undefined) {
+    spec.seccompPolicy = seccompPolicyToProto(input.seccompPolicy);
+    paths.push("seccomp_policy");
+  }
+  if (input.snapshotCompression !== undefined) {
+    spec.snapshotCompression = compressionToProto(input.snapshotCompression);
+    paths.push("snapshot_compression");
+  }
+  if (input.metadataEnabled !== undefined) {
+    spec.metadataEnabled = input.metadataEnabled;
+    paths.push("metadata_enabled");
+  }
+  if (input.sleepPolicy !== undefined) {
+    spec.sleepPolicy = create(SleepPolicySchema, { ...input.sleepPolicy });
+    for (const key of SLEEP_POLICY_FIELDS) if (input.sleepPolicy[key] !== undefined) paths.push(`sleep_policy.${snakeCase(key)}`);
+  }
+  if (input.pinned !== undefined) {
+    spec.pinned = input.pinned;
+    paths.push("pinned");
+  }
+  if (input.critical !== undefined) {
+    spec.critical = input.critical;
+    paths.push("critical");
+  }
+  return { spec, paths };
+}

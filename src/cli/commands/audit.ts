@@ -3,8 +3,8 @@ import { stringify as toYaml } from "yaml";
 import { failedPrecondition, invalid } from "../../core/errors.js";
 import { ID_RULE, isValidId } from "../../core/ids.js";
 import type { AuditEntry } from "../../core/observability-ports.js";
-import { FsAuditLog } from "../../runtime/audit/fs-audit-log.js";
-import type { AuditVerifyResult } from "../../runtime/audit/fs-audit-log.js";
+import type { AuditVerifyReport, ControlPlaneClient } from "../backend/control-plane-client.js";
+import { withControlPlane, withControlPlaneOptions } from "../backend/choose-control-plane.js";
 import type { CliContext, GlobalOptions } from "../context.js";
 import { renderList, renderRecord, type Column, type OutputFormat } from "../output.js";
 
@@ -58,8 +58,21 @@ export interface AuditTailOptions {
   signal?: AbortSignal;
 }
 
+/** What `audit tail` reads: the node's audit log files (FsAuditLog), or a control plane that reaches them. */
+export interface AuditReader {
+  tail(tenantId: string, n: number): Promise<AuditEntry[]>;
+  watch(tenantId: string, options: { backlog: number; signal?: AbortSignal }): AsyncIterable<AuditEntry>;
+}
+
+function readerOf(cp: ControlPlaneClient): AuditReader {
+  return {
+    tail: (tenantId, n) => cp.tailAudit(tenantId, n),
+    watch: (tenantId, options) => cp.followAudit(tenantId, options.backlog, options.signal ?? new AbortController().signal),
+  };
+}
+
 /** `mvm audit tail`: the last `n` entries, then (with follow) every new one until `signal` aborts. */
-export async function auditTail(log: FsAuditLog, options: AuditTailOptions, write: (text: string) => void): Promise<void> {
+export async function auditTail(log: AuditReader, options: AuditTailOptions, write: (text: string) => void): Promise<void> {
   if (!Number.isInteger(options.n) || options.n < 0 || options.n > MAX_TAIL_ENTRIES) {
     throw invalid([{ field: "-n", rule: `must be an integer from 0 to ${MAX_TAIL_ENTRIES} (got ${options.n})` }]);
   }
@@ -75,13 +88,13 @@ export async function auditTail(log: FsAuditLog, options: AuditTailOptions, writ
 
 /** `mvm audit verify`: prints the result; a broken chain is a `failed_precondition` naming the first bad seq. */
 export async function auditVerify(
-  log: FsAuditLog,
+  verify: (tenantId: string) => Promise<AuditVerifyReport>,
   tenantId: string,
   output: OutputFormat,
   write: (text: string) => void,
-): Promise<AuditVerifyResult> {
-  const result = await log.verify(tenantId);
-  write(renderRecord({ log: describeLog(tenantId), path: log.logPath(tenantId), ...result }, output));
+): Promise<AuditVerifyReport> {
+  const result = await verify(tenantId);
+  write(renderRecord({ log: describeLog(tenantId), ...result }, output));
   if (!result.ok) {
     throw failedPrecondition(`${describeLog(tenantId)}: chain broken at seq ${result.firstBadSeq}: ${result.reason}`);
   }
@@ -108,7 +121,7 @@ export function registerAuditCommands(yargs: Argv<GlobalOptions>, ctx: CliContex
       .positional("tenant", { type: "string", describe: "tenant whose log to read" })
       .option("node-log", { type: "boolean", default: false, describe: "the node-level log (certificates, node-wide actions)" });
   return yargs.command("audit", "the hash-chained audit logs", (y) =>
-    y
+    withControlPlaneOptions(y)
       .command(
         "tail [tenant]",
         "show the last entries of an audit log, optionally following new ones",
@@ -118,12 +131,12 @@ export function registerAuditCommands(yargs: Argv<GlobalOptions>, ctx: CliContex
             .option("follow", { alias: "f", type: "boolean", default: false, describe: "keep printing new entries" }),
         async (args) => {
           const tenantId = logTenant(args);
-          const { store } = await ctx.deps(args);
-          const log = new FsAuditLog(store.dataRoot);
-          const run = (signal?: AbortSignal) =>
-            auditTail(log, { tenantId, n: args.n, follow: args.follow, output: args.output, signal }, ctx.write);
-          if (args.follow) await untilInterrupted(run);
-          else await run();
+          await withControlPlane(ctx, args, async (cp) => {
+            const run = (signal?: AbortSignal) =>
+              auditTail(readerOf(cp), { tenantId, n: args.n, follow: args.follow, output: args.output, signal }, ctx.write);
+            if (args.follow) await untilInterrupted(run);
+            else await run();
+          });
         },
       )
       .command(
@@ -132,8 +145,7 @@ export function registerAuditCommands(yargs: Argv<GlobalOptions>, ctx: CliContex
         (c) => logArgs(c),
         async (args) => {
           const tenantId = logTenant(args);
-          const { store } = await ctx.deps(args);
-          await auditVerify(new FsAuditLog(store.dataRoot), tenantId, args.output, ctx.write);
+          await withControlPlane(ctx, args, (cp) => auditVerify((t) => cp.verifyAudit(t), tenantId, args.output, ctx.write));
         },
       )
       .demandCommand(1, "audit: a subcommand is required (tail, verify)"),

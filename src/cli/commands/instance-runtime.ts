@@ -1,20 +1,13 @@
-// Instance commands that act on the microVM itself: start, stop, exec, ssh, logs, stats.
+// Instance commands that act on the microVM itself: start, stop, warm, resume, sleep, wake, exec, ssh, logs, stats.
 
 import { spawn } from "node:child_process";
-import { createReadStream } from "node:fs";
-import { stat } from "node:fs/promises";
 import type { Argv } from "yargs";
 import { invalid } from "../../core/errors.js";
 import { parseInstancePath } from "../../core/ids.js";
-import {
-  execInInstance,
-  instanceLogPath,
-  instanceStats,
-  refreshInstanceHealth,
-  startInstance,
-  stopInstance,
-} from "../../core/use-cases/lifecycle.js";
+import { refreshInstanceHealth } from "../../core/use-cases/lifecycle.js";
+import { COMPRESSIONS, type Compression } from "../../core/model.js";
 import { sshArgv } from "../../runtime/ssh/ssh-guest-channel.js";
+import { withControlPlane, type ControlPlaneFlags } from "../backend/choose-control-plane.js";
 import type { CliContext, GlobalOptions } from "../context.js";
 import { renderRecord } from "../output.js";
 import { requiredPositional } from "./flags.js";
@@ -28,31 +21,15 @@ function remoteCommand(args: Record<string, unknown>): string[] {
   return command;
 }
 
-async function followFile(path: string, write: (t: string) => void, signal: AbortSignal): Promise<void> {
-  let offset = 0;
-  while (!signal.aborted) {
-    const size = await stat(path).then((s) => s.size, () => 0);
-    if (size > offset) {
-      await new Promise<void>((resolve, reject) => {
-        createReadStream(path, { start: offset, end: size - 1 })
-          .on("data", (chunk) => write(chunk.toString()))
-          .on("end", resolve)
-          .on("error", reject);
-      });
-      offset = size;
-    }
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
-
-export function registerInstanceRuntimeCommands<T extends GlobalOptions>(y: Argv<T>, ctx: CliContext): Argv<T> {
+export function registerInstanceRuntimeCommands<T extends GlobalOptions & ControlPlaneFlags>(y: Argv<T>, ctx: CliContext): Argv<T> {
   return y
     .command(
       "start [path]",
       "boot the instance's microVM (cold start) and wait until the guest is ready",
       (c) => requiredPositional(c, "path", INSTANCE_PATH),
       async (args) => {
-        const instance = await startInstance(await ctx.deps(args), parseInstancePath(args.path));
+        const key = parseInstancePath(args.path);
+        const instance = await withControlPlane(ctx, args, (cp) => cp.startInstance(key));
         ctx.write(renderRecord(instance, args.output));
       },
     )
@@ -61,7 +38,57 @@ export function registerInstanceRuntimeCommands<T extends GlobalOptions>(y: Argv
       "shut the guest down (graceful, then kill after a timeout) and release its TAP and cgroup",
       (c) => requiredPositional(c, "path", INSTANCE_PATH),
       async (args) => {
-        const instance = await stopInstance(await ctx.deps(args), parseInstancePath(args.path));
+        const key = parseInstancePath(args.path);
+        const instance = await withControlPlane(ctx, args, (cp) => cp.stopInstance(key));
+        ctx.write(renderRecord(instance, args.output));
+      },
+    )
+    .command(
+      "warm [path]",
+      "pause the guest's vCPUs; its memory stays resident (resume continues it)",
+      (c) => requiredPositional(c, "path", INSTANCE_PATH),
+      async (args) => {
+        const key = parseInstancePath(args.path);
+        const instance = await withControlPlane(ctx, args, (cp) => cp.warmInstance(key));
+        ctx.write(renderRecord(instance, args.output));
+      },
+    )
+    .command(
+      "resume [path]",
+      "continue a warm instance",
+      (c) => requiredPositional(c, "path", INSTANCE_PATH),
+      async (args) => {
+        const key = parseInstancePath(args.path);
+        const instance = await withControlPlane(ctx, args, (cp) => cp.resumeInstance(key));
+        ctx.write(renderRecord(instance, args.output));
+      },
+    )
+    .command(
+      "sleep [path]",
+      "snapshot a running or warm instance to disk and stop its VMM (TAP, IP and cgroup stay reserved)",
+      (c) =>
+        requiredPositional(c, "path", INSTANCE_PATH).option("compression", {
+          type: "string",
+          describe: "snapshot compression: none, lz4 or zstd (default: the pool's snapshot_compression)",
+        }),
+      async (args) => {
+        const key = parseInstancePath(args.path);
+        const compression = args.compression;
+        if (compression !== undefined && !(COMPRESSIONS as readonly string[]).includes(compression)) {
+          throw invalid([{ field: "compression", rule: "must be one of none, lz4, zstd" }]);
+        }
+        const options = compression === undefined ? {} : { compression: compression as Compression };
+        const instance = await withControlPlane(ctx, args, (cp) => cp.sleepInstance(key, options));
+        ctx.write(renderRecord(instance, args.output));
+      },
+    )
+    .command(
+      "wake [path]",
+      "restore a sleeping instance from its snapshot and wait until the guest answers",
+      (c) => requiredPositional(c, "path", INSTANCE_PATH),
+      async (args) => {
+        const key = parseInstancePath(args.path);
+        const instance = await withControlPlane(ctx, args, (cp) => cp.wakeInstance(key));
         ctx.write(renderRecord(instance, args.output));
       },
     )
@@ -76,9 +103,8 @@ export function registerInstanceRuntimeCommands<T extends GlobalOptions>(y: Argv
         }),
       async (args) => {
         const command = remoteCommand(args);
-        const result = await execInInstance(await ctx.deps(args), parseInstancePath(args.path), command, {
-          timeoutMs: args["timeout-ms"],
-        });
+        const key = parseInstancePath(args.path);
+        const result = await withControlPlane(ctx, args, (cp) => cp.execInstance(key, command, { timeoutMs: args["timeout-ms"] }));
         ctx.write(result.stdout);
         if (result.stderr) ctx.warn(result.stderr);
         process.exitCode = result.exitCode;
@@ -89,6 +115,8 @@ export function registerInstanceRuntimeCommands<T extends GlobalOptions>(y: Argv
       "open an interactive shell in the guest",
       (c) => requiredPositional(c, "path", INSTANCE_PATH),
       async (args) => {
+        // ssh runs on this host with the tenant key of this data root: there is nothing for an agent to do.
+        if (args.node !== undefined) throw invalid([{ field: "--node", rule: "does not apply to ssh, which runs ssh on this host (use instance exec through an agent)" }]);
         const deps = await ctx.deps(args);
         const key = parseInstancePath(args.path);
         const instance = await refreshInstanceHealth(deps, key);
@@ -111,21 +139,10 @@ export function registerInstanceRuntimeCommands<T extends GlobalOptions>(y: Argv
       "print the guest's serial console",
       (c) => requiredPositional(c, "path", INSTANCE_PATH).option("follow", { alias: "f", type: "boolean", default: false }),
       async (args) => {
-        const path = await instanceLogPath(await ctx.deps(args), parseInstancePath(args.path));
-        if (args.follow) {
-          const abort = new AbortController();
-          process.once("SIGINT", () => abort.abort());
-          await followFile(path, ctx.write, abort.signal);
-          return;
-        }
-        const exists = await stat(path).then(() => true, () => false);
-        if (!exists) {
-          ctx.warn(`no console log yet at ${path}\n`);
-          return;
-        }
-        await new Promise<void>((resolve, reject) =>
-          createReadStream(path).on("data", (d) => ctx.write(d.toString())).on("end", resolve).on("error", reject),
-        );
+        const key = parseInstancePath(args.path);
+        const abort = new AbortController();
+        if (args.follow) process.once("SIGINT", () => abort.abort());
+        await withControlPlane(ctx, args, (cp) => cp.instanceLogs(key, { follow: args.follow, signal: abort.signal }, ctx.write, ctx.warn));
       },
     )
     .command(
@@ -133,26 +150,9 @@ export function registerInstanceRuntimeCommands<T extends GlobalOptions>(y: Argv
       "the instance's record with live CPU, memory and network counters",
       (c) => requiredPositional(c, "path", INSTANCE_PATH),
       async (args) => {
-        const deps = await ctx.deps(args);
         const key = parseInstancePath(args.path);
-        await refreshInstanceHealth(deps, key);
-        const stats = await instanceStats(deps, key);
-        ctx.write(
-          renderRecord(
-            {
-              instance: `${key.tenantId}/${key.poolId}/${key.instanceId}`,
-              status: stats.instance.status,
-              pid: stats.instance.vmm?.pid ?? null,
-              cpuUsageUs: stats.cgroup?.cpuUsageUs ?? null,
-              memoryBytes: stats.cgroup?.memoryBytes ?? null,
-              memoryLimitBytes: stats.cgroupLimits?.memoryBytes ?? null,
-              tapRxBytes: stats.tap?.rxBytes ?? null,
-              tapTxBytes: stats.tap?.txBytes ?? null,
-              idle: stats.instance.idle,
-            },
-            args.output,
-          ),
-        );
+        const stats = await withControlPlane(ctx, args, (cp) => cp.instanceStats(key));
+        ctx.write(renderRecord(stats, args.output));
       },
     );
 }

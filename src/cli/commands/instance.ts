@@ -1,8 +1,7 @@
 import type { Argv } from "yargs";
 import { parseInstancePath, parsePoolPath } from "../../core/ids.js";
 import type { Instance, InstanceStatus } from "../../core/model.js";
-import { createInstance, getInstance, listInstances } from "../../core/use-cases/instances.js";
-import { destroyInstance, refreshInstanceHealth } from "../../core/use-cases/lifecycle.js";
+import { withControlPlane, withControlPlaneOptions } from "../backend/choose-control-plane.js";
 import type { CliContext, GlobalOptions } from "../context.js";
 import { renderList, renderRecord, type Column } from "../output.js";
 import { requiredPositional } from "./flags.js";
@@ -21,13 +20,14 @@ const INSTANCE_COLUMNS: Column<Instance>[] = [
 
 export function registerInstanceCommands(yargs: Argv<GlobalOptions>, ctx: CliContext): Argv<GlobalOptions> {
   return yargs.command("instance", "manage instances: one microVM each", (y) =>
-    registerInstanceWatchCommand(registerInstanceRuntimeCommands(y, ctx), ctx, ctx.env)
+    registerInstanceWatchCommand(registerInstanceRuntimeCommands(withControlPlaneOptions(y), ctx), ctx, ctx.env)
       .command(
         "create [path]",
         "create an instance record in a pool (allocates IP, TAP and MAC; max_instances_per_pool is enforced)",
         (c) => requiredPositional(c, "path", "<tenant>/<pool>"),
         async (args) => {
-          const instance = await createInstance(await ctx.deps(args), parsePoolPath(args.path));
+          const key = parsePoolPath(args.path);
+          const instance = await withControlPlane(ctx, args, (cp) => cp.createInstance(key));
           ctx.write(renderRecord(instance, args.output));
         },
       )
@@ -40,11 +40,8 @@ export function registerInstanceCommands(yargs: Argv<GlobalOptions>, ctx: CliCon
             .option("pool", { type: "string", describe: "only this pool" })
             .option("status", { type: "string", describe: "only this status" }),
         async (args) => {
-          const instances = await listInstances(await ctx.deps(args), {
-            tenantId: args.tenant,
-            poolId: args.pool,
-            status: args.status as InstanceStatus | undefined,
-          });
+          const filter = { tenantId: args.tenant, poolId: args.pool, status: args.status as InstanceStatus | undefined };
+          const instances = await withControlPlane(ctx, args, (cp) => cp.listInstances(filter));
           ctx.write(renderList(instances, INSTANCE_COLUMNS, args.output));
         },
       )
@@ -53,10 +50,8 @@ export function registerInstanceCommands(yargs: Argv<GlobalOptions>, ctx: CliCon
         "show one instance",
         (c) => requiredPositional(c, "path", "<tenant>/<pool>/<instance>"),
         async (args) => {
-          const deps = await ctx.deps(args);
           const key = parseInstancePath(args.path);
-          await getInstance(deps, key);
-          const instance = await refreshInstanceHealth(deps, key);
+          const instance = await withControlPlane(ctx, args, (cp) => cp.getInstance(key));
           ctx.write(renderRecord(instance, args.output));
         },
       )
@@ -71,7 +66,7 @@ export function registerInstanceCommands(yargs: Argv<GlobalOptions>, ctx: CliCon
           }),
         async (args) => {
           const key = parseInstancePath(args.path);
-          await destroyInstance(await ctx.deps(args), key, { keepVolumes: args["keep-volumes"] });
+          await withControlPlane(ctx, args, (cp) => cp.destroyInstance(key, { keepVolumes: args["keep-volumes"] }));
           ctx.warn(`destroyed instance ${key.tenantId}/${key.poolId}/${key.instanceId}\n`);
         },
       )

@@ -2,7 +2,7 @@ import type { Argv } from "yargs";
 import type { BuildProgressEvent } from "../../core/data-plane-ports.js";
 import { parsePoolPath } from "../../core/ids.js";
 import type { BuildRevision } from "../../core/model.js";
-import { buildPool, listBuilds, rollbackPool } from "../../core/use-cases/builds.js";
+import { withControlPlane, type ControlPlaneFlags } from "../backend/choose-control-plane.js";
 import type { CliContext, GlobalOptions } from "../context.js";
 import { renderList, renderRecord, type Column } from "../output.js";
 import { requiredPositional } from "./flags.js";
@@ -26,7 +26,7 @@ function progressPrinter(warn: (t: string) => void, tty: boolean): (e: BuildProg
   };
 }
 
-export function registerPoolBuildCommands<T extends GlobalOptions>(y: Argv<T>, ctx: CliContext): Argv<T> {
+export function registerPoolBuildCommands<T extends GlobalOptions & ControlPlaneFlags>(y: Argv<T>, ctx: CliContext): Argv<T> {
   return y
     .command(
       "build [path]",
@@ -34,7 +34,7 @@ export function registerPoolBuildCommands<T extends GlobalOptions>(y: Argv<T>, c
       (c) => requiredPositional(c, "path", "<tenant>/<pool>"),
       async (args) => {
         const key = parsePoolPath(args.path);
-        const { build } = await buildPool(await ctx.deps(args), key, progressPrinter(ctx.warn, Boolean(process.stderr.isTTY)));
+        const build = await withControlPlane(ctx, args, (cp) => cp.buildPool(key, progressPrinter(ctx.warn, Boolean(process.stderr.isTTY))));
         ctx.write(renderRecord(build, args.output));
       },
     )
@@ -43,7 +43,8 @@ export function registerPoolBuildCommands<T extends GlobalOptions>(y: Argv<T>, c
       "the pool's build history (newest last, the last 20 kept)",
       (c) => requiredPositional(c, "path", "<tenant>/<pool>"),
       async (args) => {
-        const builds = await listBuilds(await ctx.deps(args), parsePoolPath(args.path));
+        const key = parsePoolPath(args.path);
+        const builds = await withControlPlane(ctx, args, (cp) => cp.listBuilds(key));
         ctx.write(renderList(builds, BUILD_COLUMNS, args.output));
       },
     )
@@ -57,7 +58,8 @@ export function registerPoolBuildCommands<T extends GlobalOptions>(y: Argv<T>, c
           describe: "revision ID, or an unambiguous prefix of one (see mvm pool builds)",
         }),
       async (args) => {
-        const pool = await rollbackPool(await ctx.deps(args), parsePoolPath(args.path), args.revision);
+        const key = parsePoolPath(args.path);
+        const pool = await withControlPlane(ctx, args, (cp) => cp.rollbackPool(key, args.revision));
         ctx.write(renderRecord(pool, args.output));
       },
     );

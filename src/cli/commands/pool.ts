@@ -11,15 +11,8 @@ import type {
   SleepPolicy,
   WorkerPool,
 } from "../../core/model.js";
-import { destroyPoolCompletely } from "../../core/use-cases/teardown.js";
-import {
-  createPool,
-  getPool,
-  listPools,
-  scalePool,
-  updatePool,
-  type PoolSpecInput,
-} from "../../core/use-cases/pools.js";
+import type { PoolSpecInput } from "../../core/use-cases/pools.js";
+import { withControlPlane, withControlPlaneOptions } from "../backend/choose-control-plane.js";
 import type { CliContext, GlobalOptions } from "../context.js";
 import { renderList, renderRecord, type Column } from "../output.js";
 import { requiredPositional } from "./flags.js";
@@ -138,14 +131,15 @@ function specFromArgs(args: Args, current?: WorkerPool): PoolSpecInput {
 
 export function registerPoolCommands(yargs: Argv<GlobalOptions>, ctx: CliContext): Argv<GlobalOptions> {
   return yargs.command("pool", "manage worker pools: one image, one resource shape, desired counts", (y) =>
-    registerPoolBuildCommands(y, ctx)
+    registerPoolBuildCommands(withControlPlaneOptions(y), ctx)
       .command(
         "create [path]",
         "create a pool (max_pools of the tenant is enforced)",
         (c) => specFlags(requiredPositional(c, "path", "<tenant>/<pool>")),
         async (args) => {
           const key = parsePoolPath(args.path);
-          const pool = await createPool(await ctx.deps(args), key, specFromArgs(args));
+          const spec = specFromArgs(args);
+          const pool = await withControlPlane(ctx, args, (cp) => cp.createPool(key, spec));
           ctx.write(renderRecord(pool, args.output));
         },
       )
@@ -154,7 +148,7 @@ export function registerPoolCommands(yargs: Argv<GlobalOptions>, ctx: CliContext
         "list pools, of one tenant or all",
         (c) => c.positional("tenant", { type: "string", describe: "tenant ID" }),
         async (args) => {
-          const pools = await listPools(await ctx.deps(args), args.tenant);
+          const pools = await withControlPlane(ctx, args, (cp) => cp.listPools(args.tenant));
           ctx.write(renderList(pools, POOL_COLUMNS, args.output));
         },
       )
@@ -163,7 +157,8 @@ export function registerPoolCommands(yargs: Argv<GlobalOptions>, ctx: CliContext
         "show one pool",
         (c) => requiredPositional(c, "path", "<tenant>/<pool>"),
         async (args) => {
-          const pool = await getPool(await ctx.deps(args), parsePoolPath(args.path));
+          const key = parsePoolPath(args.path);
+          const pool = await withControlPlane(ctx, args, (cp) => cp.getPool(key));
           ctx.write(renderRecord(pool, args.output));
         },
       )
@@ -173,9 +168,7 @@ export function registerPoolCommands(yargs: Argv<GlobalOptions>, ctx: CliContext
         (c) => specFlags(requiredPositional(c, "path", "<tenant>/<pool>")),
         async (args) => {
           const key = parsePoolPath(args.path);
-          const deps = await ctx.deps(args);
-          const current = await getPool(deps, key);
-          const pool = await updatePool(deps, key, specFromArgs(args, current));
+          const pool = await withControlPlane(ctx, args, async (cp) => cp.updatePool(key, specFromArgs(args, await cp.getPool(key))));
           ctx.write(renderRecord(pool, args.output));
         },
       )
@@ -187,7 +180,7 @@ export function registerPoolCommands(yargs: Argv<GlobalOptions>, ctx: CliContext
           const key = parsePoolPath(args.path);
           const counts = countsFromArgs(args);
           if (!counts) throw invalid([{ field: "--running", rule: "give at least one of --running, --warm, --sleeping" }]);
-          const pool = await scalePool(await ctx.deps(args), key, counts);
+          const pool = await withControlPlane(ctx, args, (cp) => cp.scalePool(key, counts));
           ctx.write(renderRecord(pool, args.output));
         },
       )
@@ -199,7 +192,7 @@ export function registerPoolCommands(yargs: Argv<GlobalOptions>, ctx: CliContext
             .option("force", { type: "boolean", default: false, describe: "also destroy its instances" }),
         async (args) => {
           const key = parsePoolPath(args.path);
-          await destroyPoolCompletely(await ctx.deps(args), key, args.force);
+          await withControlPlane(ctx, args, (cp) => cp.destroyPool(key, args.force));
           ctx.warn(`destroyed pool ${key.tenantId}/${key.poolId}\n`);
         },
       )

@@ -1,7 +1,6 @@
 import type { Argv } from "yargs";
 import type { Tenant, TenantQuota } from "../../core/model.js";
-import { destroyTenantCompletely } from "../../core/use-cases/teardown.js";
-import { createTenant, getTenant, listTenants, updateTenant } from "../../core/use-cases/tenants.js";
+import { withControlPlane, withControlPlaneOptions } from "../backend/choose-control-plane.js";
 import type { CliContext, GlobalOptions } from "../context.js";
 import { renderList, renderRecord, type Column } from "../output.js";
 import { parseLabels, requiredPositional } from "./flags.js";
@@ -49,7 +48,7 @@ const TENANT_COLUMNS: Column<Tenant>[] = [
 
 export function registerTenantCommands(yargs: Argv<GlobalOptions>, ctx: CliContext): Argv<GlobalOptions> {
   return yargs.command("tenant", "manage tenants: the security, quota and network boundary", (y) =>
-    y
+    withControlPlaneOptions(y)
       .command(
         "create [tenant]",
         "create a tenant with its SSH key pair and network",
@@ -61,13 +60,13 @@ export function registerTenantCommands(yargs: Argv<GlobalOptions>, ctx: CliConte
               .option("label", { type: "string", array: true, describe: "label key=value (repeatable)" }),
           ),
         async (args) => {
-          const deps = await ctx.deps(args);
-          const tenant = await createTenant(deps, {
+          const input = {
             tenantId: args.tenant,
             network: networkFromArgs(args),
             quotas: quotaFromArgs(args),
             labels: parseLabels(args.label, "--label"),
-          });
+          };
+          const tenant = await withControlPlane(ctx, args, (cp) => cp.createTenant(input));
           ctx.write(renderRecord(tenant, args.output));
         },
       )
@@ -76,7 +75,7 @@ export function registerTenantCommands(yargs: Argv<GlobalOptions>, ctx: CliConte
         "list tenants",
         (c) => c,
         async (args) => {
-          const tenants = await listTenants(await ctx.deps(args));
+          const tenants = await withControlPlane(ctx, args, (cp) => cp.listTenants());
           ctx.write(renderList(tenants, TENANT_COLUMNS, args.output));
         },
       )
@@ -85,7 +84,7 @@ export function registerTenantCommands(yargs: Argv<GlobalOptions>, ctx: CliConte
         "show one tenant",
         (c) => requiredPositional(c, "tenant", "tenant ID"),
         async (args) => {
-          const tenant = await getTenant(await ctx.deps(args), args.tenant);
+          const tenant = await withControlPlane(ctx, args, (cp) => cp.getTenant(args.tenant));
           ctx.write(renderRecord(tenant, args.output));
         },
       )
@@ -103,12 +102,8 @@ export function registerTenantCommands(yargs: Argv<GlobalOptions>, ctx: CliConte
         async (args) => {
           const labels: Record<string, string | null> = { ...parseLabels(args.label, "--label") };
           for (const key of args["remove-label"] ?? []) labels[key] = null;
-          const tenant = await updateTenant(await ctx.deps(args), {
-            tenantId: args.tenant,
-            quotas: quotaFromArgs(args),
-            labels,
-            network: networkFromArgs(args),
-          });
+          const input = { tenantId: args.tenant, quotas: quotaFromArgs(args), labels, network: networkFromArgs(args) };
+          const tenant = await withControlPlane(ctx, args, (cp) => cp.updateTenant(input));
           ctx.write(renderRecord(tenant, args.output));
         },
       )
@@ -119,8 +114,8 @@ export function registerTenantCommands(yargs: Argv<GlobalOptions>, ctx: CliConte
           requiredPositional(c, "tenant", "tenant ID")
             .option("force", { type: "boolean", default: false, describe: "also destroy its pools and instances, stopping their microVMs" }),
         async (args) => {
-          const tenant = await destroyTenantCompletely(await ctx.deps(args), args.tenant, args.force);
-          ctx.warn(`destroyed tenant ${tenant.tenantId}\n`);
+          await withControlPlane(ctx, args, (cp) => cp.destroyTenant(args.tenant, args.force));
+          ctx.warn(`destroyed tenant ${args.tenant}\n`);
         },
       )
       .demandCommand(1, "tenant: a subcommand is required (create, list, info, update, destroy)"),
