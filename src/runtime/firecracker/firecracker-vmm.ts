@@ -13,7 +13,7 @@ import type { SeccompPolicy } from "../../core/model.js";
 import { findOnPath } from "../host/host-facts.js";
 import { isSameProcess, readProcExe, readProcStartTime } from "../process/proc-stat.js";
 import { readVmmPidFile, spawnVmm, vmmLauncherArgv } from "../process/spawn-vmm.js";
-import { terminateProcess, waitForProcessExit } from "../process/terminate.js";
+import { terminateProcess, waitForProcessExit, watchForExit } from "../process/terminate.js";
 import { waitForGuestReady } from "../qemu/guest-ready.js";
 import { probeKvmCached } from "../qemu/kvm-probe.js";
 import type { KvmProbeResult } from "../qemu/kvm-probe.js";
@@ -277,7 +277,7 @@ export function createFirecrackerVmm(options: FirecrackerVmmOptions = {}): Firec
       await waitForApi(api, vmm, deadline);
       for (const request of requests) await api.send(request);
       if (waitForGuest) {
-        const exitWatch = watchForExit(vmm);
+        const exitWatch = watchForExit(vmm.pid, vmm.pidStartTime, EXIT_POLL_MS);
         try {
           const outcome = await waitForGuestReady(files.serialLog, spec.instanceId, { deadline, signal: exitWatch.signal });
           if (outcome.kind !== "ready") {
@@ -547,22 +547,6 @@ async function waitForApi(api: FirecrackerApiClient, vmm: VmmProcess, deadline: 
     if (Date.now() >= deadline) throw new MvmError("unavailable", `firecracker api did not answer before the boot timeout: ${last}`);
     await sleep(EXIT_POLL_MS);
   }
-}
-
-function watchForExit(vmm: VmmProcess): { signal: AbortSignal; stop(): void } {
-  const controller = new AbortController();
-  let stopped = false;
-  const poll = async (): Promise<void> => {
-    while (!stopped) {
-      if (!(await isSameProcess(vmm.pid, vmm.pidStartTime))) {
-        controller.abort();
-        return;
-      }
-      await sleep(EXIT_POLL_MS);
-    }
-  };
-  void poll().catch(() => controller.abort());
-  return { signal: controller.signal, stop: () => void (stopped = true) };
 }
 
 /**

@@ -48,3 +48,20 @@ export async function terminateProcess(pid: number, startTime: number, options: 
     }
   }
 }
+
+/** An AbortSignal that fires once the process (pid + start time) is gone; stop() ends the polling. */
+export function watchForExit(pid: number, startTime: number, pollMs = 50): { signal: AbortSignal; stop(): void } {
+  const controller = new AbortController();
+  let stopped = false;
+  const poll = async (): Promise<void> => {
+    while (!stopped) {
+      if (!(await isSameProcess(pid, startTime))) {
+        controller.abort();
+        return;
+      }
+      await sleep(pollMs);
+    }
+  };
+  void poll().catch(() => controller.abort());
+  return { signal: controller.signal, stop: () => void (stopped = true) };
+}

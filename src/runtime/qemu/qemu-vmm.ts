@@ -8,7 +8,7 @@ import type { VmLaunchSpec, Vmm, VmmCapabilities, VmmProcess, VmSnapshotFiles, V
 import { MvmError, failedPrecondition } from "../../core/errors.js";
 import { isSameProcess } from "../process/proc-stat.js";
 import { readVmmPidFile, spawnVmm } from "../process/spawn-vmm.js";
-import { terminateProcess, waitForProcessExit } from "../process/terminate.js";
+import { terminateProcess, waitForProcessExit, watchForExit } from "../process/terminate.js";
 import { unlinkIfPresent } from "../store/atomic-file.js";
 import { waitForGuestReady } from "./guest-ready.js";
 import { probeKvmCached, readHostTscKhz } from "./kvm-probe.js";
@@ -37,6 +37,7 @@ const DEFAULT_QMP_TIMEOUT_MS = 5_000;
 const POWER_BUTTON_REPEAT_MS = 3_000;
 const QUIT_WAIT_MS = 3_000;
 const EXIT_WATCH_POLL_MS = 50;
+const VERSION_CACHE_MS = 60_000;
 const LOG_TAIL_LINES = 15;
 const LOG_TAIL_BYTES = 4_096;
 /** The migration stream's name inside a snapshot directory. */
@@ -115,7 +116,7 @@ export function createQemuVmm(options: QemuVmmOptions = {}): Vmm {
       apiSocket: files.qmpSocket,
       serialLog: files.serialLog,
     };
-    return { vmm, files, accel, deadline: started + spec.bootTimeoutMs, exitWatch: watchForExit(vmm) };
+    return { vmm, files, accel, deadline: started + spec.bootTimeoutMs, exitWatch: watchForExit(vmm.pid, vmm.pidStartTime, EXIT_WATCH_POLL_MS) };
   }
 
   /** Kills a QEMU that did not make it and explains why, with the tails of its logs. */
@@ -302,9 +303,16 @@ export function createQemuVmm(options: QemuVmmOptions = {}): Vmm {
     await cleanUp(vmm);
   }
 
+  // `qemu --version` is a process start on the wake path; the answer is kept for a while (an upgrade shows within it).
+  let knownVersion: { version: Promise<string | null>; atMs: number } | null = null;
+  const cachedVersion = (): Promise<string | null> => {
+    if (knownVersion === null || Date.now() - knownVersion.atMs > VERSION_CACHE_MS) knownVersion = { version: qemuVersion(binary), atMs: Date.now() };
+    return knownVersion.version;
+  };
+
   async function capabilities(): Promise<VmmCapabilities> {
     const notes: string[] = [];
-    const version = await qemuVersion(binary);
+    const version = await cachedVersion();
     if (version === null) notes.push(`${binary}: not found or did not answer --version`);
     const kvm = await probe();
     if (!kvm.usable) notes.push(`kvm not usable (${kvm.reason}); guests run under tcg, software emulation`);
@@ -328,28 +336,6 @@ export function createQemuVmm(options: QemuVmmOptions = {}): Vmm {
 /** Removes what a QEMU killed by a signal leaves behind; QEMU removes its socket itself on a clean exit. */
 async function cleanUp(vmm: VmmProcess): Promise<void> {
   await unlinkIfPresent(vmm.apiSocket).catch(() => undefined);
-}
-
-/** An AbortSignal that fires once the VMM is gone; stop() ends the polling. */
-function watchForExit(vmm: VmmProcess): { signal: AbortSignal; stop(): void } {
-  const controller = new AbortController();
-  let stopped = false;
-  const poll = async (): Promise<void> => {
-    while (!stopped) {
-      if (!(await isSameProcess(vmm.pid, vmm.pidStartTime))) {
-        controller.abort();
-        return;
-      }
-      await new Promise((resolve) => setTimeout(resolve, EXIT_WATCH_POLL_MS));
-    }
-  };
-  void poll().catch(() => controller.abort());
-  return {
-    signal: controller.signal,
-    stop: () => {
-      stopped = true;
-    },
-  };
 }
 
 async function qemuVersion(binary: string): Promise<string | null> {
