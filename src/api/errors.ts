@@ -25,6 +25,28 @@ export const CODE_OF_KIND: Readonly<Record<MvmErrorKind, Code>> = {
   internal: Code.Internal,
 };
 
+/**
+ * The other way, for clients of an agent: the domain kind a status code stands for, so that a remote refusal exits
+ * and reads as the local one would. Codes the agent never sends map to the nearest kind; unknown ones to none.
+ */
+const KIND_OF_CODE: Partial<Record<Code, MvmErrorKind>> = {
+  [Code.InvalidArgument]: "invalid",
+  [Code.OutOfRange]: "invalid",
+  [Code.NotFound]: "not_found",
+  [Code.AlreadyExists]: "already_exists",
+  [Code.FailedPrecondition]: "failed_precondition",
+  [Code.Aborted]: "failed_precondition",
+  [Code.ResourceExhausted]: "exhausted",
+  [Code.PermissionDenied]: "permission_denied",
+  [Code.Unauthenticated]: "permission_denied",
+  [Code.Unavailable]: "unavailable",
+  [Code.DeadlineExceeded]: "unavailable",
+};
+
+export function kindOfCode(code: Code): MvmErrorKind | undefined {
+  return KIND_OF_CODE[code];
+}
+
 /** What an unexpected error says to the caller; the details go to the log only. */
 export const INTERNAL_ERROR_MESSAGE = "internal error in the mvm agent (details are in the agent log)";
 

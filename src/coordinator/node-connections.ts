@@ -5,6 +5,7 @@
 import { readFile } from "node:fs/promises";
 import { Code, ConnectError, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { kindOfCode } from "../api/errors.js";
 import { invalid } from "../core/errors.js";
 import { createMtlsClientOptions } from "../platform/pki/tls-context.js";
 import type { FleetCredentials, FleetNode } from "./fleet-file.js";
@@ -79,17 +80,8 @@ export class NodeConnections {
   }
 }
 
-const KIND_OF_CODE: Partial<Record<Code, NodeFailureKind>> = {
-  [Code.InvalidArgument]: "invalid",
-  [Code.OutOfRange]: "invalid",
-  [Code.NotFound]: "not_found",
-  [Code.AlreadyExists]: "already_exists",
-  [Code.FailedPrecondition]: "failed_precondition",
-  [Code.Aborted]: "failed_precondition",
-  [Code.ResourceExhausted]: "exhausted",
-  [Code.PermissionDenied]: "permission_denied",
-  [Code.Unauthenticated]: "permission_denied",
-  [Code.Unavailable]: "unavailable",
+/** A node's refusal keeps the domain kind; these codes are the coordinator's own outcomes instead. */
+const FLEET_KIND_OF_CODE: Partial<Record<Code, NodeFailureKind>> = {
   [Code.DeadlineExceeded]: "timeout",
   [Code.Canceled]: "cancelled",
   [Code.Unimplemented]: "unimplemented",
@@ -101,5 +93,7 @@ export function classifyRpcFailure(error: unknown): NodeFailure {
   const cause: unknown = error.cause;
   const nodeCode = cause instanceof Error ? (cause as NodeJS.ErrnoException).code : undefined;
   if (typeof nodeCode === "string") return { kind: "unavailable", message: `connection failed: ${(cause as Error).message} (${nodeCode})` };
-  return { kind: KIND_OF_CODE[error.code] ?? "internal", message: error.rawMessage };
+  const domainKind = kindOfCode(error.code);
+  const kind = FLEET_KIND_OF_CODE[error.code] ?? (domainKind === undefined || domainKind === "terminal" ? "internal" : domainKind);
+  return { kind, message: error.rawMessage };
 }

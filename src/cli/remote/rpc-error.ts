@@ -2,22 +2,9 @@
 // reads like the local one (the inverse of src/api/errors.ts); transport failures name the agent.
 
 import { Code, ConnectError } from "@connectrpc/connect";
-import { MvmError, type MvmErrorKind } from "../../core/errors.js";
+import { MvmError } from "../../core/errors.js";
+import { kindOfCode } from "../../api/errors.js";
 import { BadRequestDetailSchema } from "../../../gen/mvm/v1/errors_pb.js";
-
-const KIND_OF_CODE: Partial<Record<Code, MvmErrorKind>> = {
-  [Code.InvalidArgument]: "invalid",
-  [Code.OutOfRange]: "invalid",
-  [Code.NotFound]: "not_found",
-  [Code.AlreadyExists]: "already_exists",
-  [Code.FailedPrecondition]: "failed_precondition",
-  [Code.Aborted]: "failed_precondition",
-  [Code.ResourceExhausted]: "exhausted",
-  [Code.PermissionDenied]: "permission_denied",
-  [Code.Unauthenticated]: "permission_denied",
-  [Code.Unavailable]: "unavailable",
-  [Code.DeadlineExceeded]: "unavailable",
-};
 
 /** `target` names the agent (HOST:PORT or socket path) in messages about reaching it. */
 export function mvmErrorFromRpc(error: unknown, target: string): unknown {
@@ -29,7 +16,7 @@ export function mvmErrorFromRpc(error: unknown, target: string): unknown {
   if (typeof nodeCode === "string") {
     return new MvmError("unavailable", `agent at ${target}: connection failed: ${(cause as Error).message} (${nodeCode})`, [], { cause: error });
   }
-  const kind = KIND_OF_CODE[error.code] ?? "internal";
+  const kind = kindOfCode(error.code) ?? "internal";
   if (kind === "invalid") {
     const violations = error.findDetails(BadRequestDetailSchema).flatMap((d) => d.fieldViolations.map((v) => ({ field: v.field, rule: v.rule })));
     return new MvmError("invalid", error.rawMessage, violations, { cause: error });
