@@ -184,7 +184,6 @@ export async function startInstance(deps: DataPlaneDeps, key: InstanceKey): Prom
       const hypervisor = await deps.chooseHypervisor(pool);
       const revision = pool.currentRevision;
       const revisionDir = deps.paths.revisionDir(tenant.tenantId, pool.poolId, revision);
-      const files = instanceFiles(deps.paths, instance);
       const netPlan = tenantNetworkPlan(tenant, deps.metadataPort);
       const rollback = new Rollback();
       try {
@@ -194,32 +193,10 @@ export async function startInstance(deps: DataPlaneDeps, key: InstanceKey): Prom
         rollback.add("remove cgroup", () => deps.cgroups.remove(cgroupKey(instance)));
         const prepareNetwork = () =>
           deps.network.ensureInstanceNetwork(netPlan, { name: instance.net.tapName, mac: instance.net.mac, guestIp: instance.net.guestIp });
-        const prepareDisks = async (): Promise<VmDisk[]> => {
-          const baseImage = `${revisionDir}/${REVISION_FILES.rootfs}`;
-          const disks: VmDisk[] = [];
-          // Firecracker reads raw images only: it gets a copy of the base instead of a qcow2 overlay.
-          if (hypervisor === "firecracker") {
-            await deps.volumes.createRootCopy(baseImage, files.rootRaw);
-            disks.push({ role: "root", path: files.rootRaw, format: "raw", readOnly: false });
-          } else {
-            await deps.volumes.createRootOverlay(baseImage, files.rootOverlay);
-            disks.push({ role: "root", path: files.rootOverlay, format: "qcow2", readOnly: false });
-          }
-          if (pool.resources.dataDiskMib > 0) {
-            await deps.volumes.ensureDataDisk(files.dataDisk, pool.resources.dataDiskMib);
-            disks.push({ role: "data", path: files.dataDisk, format: "raw", readOnly: false });
-          } else {
-            await deps.volumes.ensureDataDisk(files.dataPlaceholder, 0);
-            disks.push({ role: "data", path: files.dataPlaceholder, format: "raw", readOnly: true });
-          }
-          await deps.volumes.buildSecretsDisk(files.secretsDisk, secretsFiles(tenant, pool, instance, revision));
-          disks.push({ role: "secrets", path: files.secretsDisk, format: "raw", readOnly: true });
-          return disks;
-        };
         const [network, cgroup, prepared] = await Promise.allSettled([
           prepareNetwork(),
           deps.cgroups.ensure(cgroupKey(instance), deps.cgroupLimits(pool)),
-          prepareDisks(),
+          instanceDisks(deps, { tenant, pool, instance, revision, hypervisor, root: "create" }),
         ]);
         for (const step of [network, cgroup, prepared]) if (step.status === "rejected") throw step.reason;
         const procsFiles = (cgroup as PromiseFulfilledResult<{ procsFiles: string[] }>).value.procsFiles;
@@ -287,6 +264,38 @@ export function vmLaunchSpec(
     bootTimeoutMs: deps.bootTimeoutMs,
     seccompPolicy: pool.seccompPolicy,
   };
+}
+
+/**
+ * The disks of a launch in the fixed device order: root (a qcow2 overlay, or a raw copy for Firecracker, which reads
+ * raw images only), data (or its placeholder), and a secrets disk rebuilt every time. `root: "keep"` is for a wake:
+ * the root disk must be exactly the one the instance slept with, so it is not made again.
+ */
+export async function instanceDisks(
+  deps: DataPlaneDeps,
+  launch: { tenant: Tenant; pool: WorkerPool; instance: Instance; revision: string; hypervisor: HypervisorKind; root: "create" | "keep" },
+): Promise<VmDisk[]> {
+  const { tenant, pool, instance, revision, hypervisor } = launch;
+  const files = instanceFiles(deps.paths, instance);
+  const baseImage = `${deps.paths.revisionDir(instance.tenantId, pool.poolId, revision)}/${REVISION_FILES.rootfs}`;
+  const disks: VmDisk[] = [];
+  if (hypervisor === "firecracker") {
+    if (launch.root === "create") await deps.volumes.createRootCopy(baseImage, files.rootRaw);
+    disks.push({ role: "root", path: files.rootRaw, format: "raw", readOnly: false });
+  } else {
+    if (launch.root === "create") await deps.volumes.createRootOverlay(baseImage, files.rootOverlay);
+    disks.push({ role: "root", path: files.rootOverlay, format: "qcow2", readOnly: false });
+  }
+  if (pool.resources.dataDiskMib > 0) {
+    await deps.volumes.ensureDataDisk(files.dataDisk, pool.resources.dataDiskMib);
+    disks.push({ role: "data", path: files.dataDisk, format: "raw", readOnly: false });
+  } else {
+    await deps.volumes.ensureDataDisk(files.dataPlaceholder, 0);
+    disks.push({ role: "data", path: files.dataPlaceholder, format: "raw", readOnly: true });
+  }
+  await deps.volumes.buildSecretsDisk(files.secretsDisk, secretsFiles(tenant, pool, instance, revision));
+  disks.push({ role: "secrets", path: files.secretsDisk, format: "raw", readOnly: true });
+  return disks;
 }
 
 /** Releases what a stopped instance no longer needs: VMM, TAP, cgroup, snapshot. Each step is idempotent. */

@@ -4,7 +4,7 @@
 // untouched, so the operation can be retried.
 
 import { failedPrecondition, MvmError } from "../errors.js";
-import type { Compression, HypervisorKind, Instance, Tenant, WorkerPool } from "../model.js";
+import type { Compression, Instance, Tenant } from "../model.js";
 import { assertQuota, computeUsage, type QuotaRequest } from "../quota.js";
 import { planTransition } from "../state-machine.js";
 import type { HostCompatibility, OpenedSnapshot, SnapshotMeta, VmDisk, Vmm, VmmProcess } from "../data-plane-ports.js";
@@ -14,10 +14,10 @@ import type { InstanceKey } from "./instances.js";
 import {
   cgroupKey,
   guestTarget,
+  instanceDisks,
   instanceFiles,
   load,
   Rollback,
-  secretsFiles,
   setCondition,
   tenantNetworkPlan,
   vmLaunchSpec,
@@ -267,15 +267,14 @@ export async function wakeInstance(deps: DataPlaneDeps, key: InstanceKey, option
       const rollback = new Rollback();
       try {
         const netPlan = tenantNetworkPlan(tenant, deps.metadataPort);
-        const prepareNetwork = async () => {
-          await deps.network.ensureTenant(netPlan);
-          await deps.network.ensureTap(netPlan, { name: instance.net.tapName, mac: instance.net.mac, guestIp: instance.net.guestIp });
-        };
+        const prepareNetwork = () =>
+          deps.network.ensureInstanceNetwork(netPlan, { name: instance.net.tapName, mac: instance.net.mac, guestIp: instance.net.guestIp });
         const [snapshot, network, cgroup, prepared] = await Promise.allSettled([
           deps.snapshots.open(files.snapshotDir, meta),
           prepareNetwork(),
           deps.cgroups.ensure(cgroupKey(instance), deps.cgroupLimits(pool)),
-          wakeDisks(deps, tenant, pool, instance, meta.revision, meta.hypervisor),
+          // The disks exactly as the instance slept with them (root and data kept), plus a fresh secrets disk.
+          instanceDisks(deps, { tenant, pool, instance, revision: meta.revision, hypervisor: meta.hypervisor, root: "keep" }),
         ]);
         if (snapshot.status === "fulfilled") rollback.add("release opened snapshot", () => snapshot.value.release());
         for (const step of [snapshot, network, cgroup, prepared]) if (step.status === "rejected") throw step.reason;
@@ -311,34 +310,6 @@ export async function wakeInstance(deps: DataPlaneDeps, key: InstanceKey, option
       }
     });
   });
-}
-
-/** The disks exactly as the instance slept with them (root overlay and data disk kept), plus a fresh secrets disk. */
-async function wakeDisks(
-  deps: DataPlaneDeps,
-  tenant: Tenant,
-  pool: WorkerPool,
-  instance: Instance,
-  revision: string,
-  hypervisor: HypervisorKind,
-): Promise<VmDisk[]> {
-  const files = instanceFiles(deps.paths, instance);
-  // The root disk the instance slept with: Firecracker's raw copy, or QEMU's overlay.
-  const disks: VmDisk[] = [
-    hypervisor === "firecracker"
-      ? { role: "root", path: files.rootRaw, format: "raw", readOnly: false }
-      : { role: "root", path: files.rootOverlay, format: "qcow2", readOnly: false },
-  ];
-  if (pool.resources.dataDiskMib > 0) {
-    await deps.volumes.ensureDataDisk(files.dataDisk, pool.resources.dataDiskMib);
-    disks.push({ role: "data", path: files.dataDisk, format: "raw", readOnly: false });
-  } else {
-    await deps.volumes.ensureDataDisk(files.dataPlaceholder, 0);
-    disks.push({ role: "data", path: files.dataPlaceholder, format: "raw", readOnly: true });
-  }
-  await deps.volumes.buildSecretsDisk(files.secretsDisk, secretsFiles(tenant, pool, instance, revision));
-  disks.push({ role: "secrets", path: files.secretsDisk, format: "raw", readOnly: true });
-  return disks;
 }
 
 /**
