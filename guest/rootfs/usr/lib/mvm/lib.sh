@@ -59,6 +59,41 @@ mvm_json_string() {
   sed -n "s/.*\"$1\"[[:space:]]*:[[:space:]]*\"\([^\"]*\)\".*/\1/p" "$2" | head -n 1
 }
 
+# The helpers below use shell builtins only, and set a variable instead of printing: the wake hook runs while a
+# woken instance waits for it, and under software emulation every process started in the guest costs tens of ms.
+
+# Sets MVM_VALUE to the string value of key $1 in the flat JSON object in file $2 (empty when absent).
+mvm_json_value() {
+  MVM_VALUE=
+  while IFS= read -r mvm_line || [ -n "$mvm_line" ]; do
+    case "$mvm_line" in
+      *"\"$1\""*)
+        mvm_rest="${mvm_line#*\"$1\"}"
+        mvm_rest="${mvm_rest#*:}"
+        case "$mvm_rest" in
+          *\"*) mvm_rest="${mvm_rest#*\"}"; MVM_VALUE="${mvm_rest%%\"*}" ;;
+        esac
+        return 0
+        ;;
+    esac
+  done < "$2"
+}
+
+# Sets MVM_VALUE to the instance ID this guest runs as (empty when unknown).
+mvm_current_instance_id() {
+  MVM_VALUE=
+  [ -r "$MVM_RUN/instance-id" ] && IFS= read -r MVM_VALUE < "$MVM_RUN/instance-id"
+  return 0
+}
+
+# True when something is mounted on $1.
+mvm_is_mounted() {
+  while read -r mvm_device mvm_mountpoint mvm_rest; do
+    [ "$mvm_mountpoint" = "$1" ] && return 0
+  done < /proc/mounts
+  return 1
+}
+
 # True when block device $1 carries an ext2/3/4 superblock (magic 0xEF53 at byte 1080): the launcher attaches a
 # blank placeholder as /dev/vdb when a pool has no data disk.
 mvm_has_ext4() {
@@ -68,8 +103,7 @@ mvm_has_ext4() {
 }
 
 mvm_mount_secrets() {
-  mkdir -p "$MVM_SECRETS"
-  chmod 0700 "$MVM_SECRETS"
+  [ -d "$MVM_SECRETS" ] || mkdir -p -m 0700 "$MVM_SECRETS"
   [ -b "$MVM_SECRETS_DEVICE" ] || return 1
   # noload: the disk is read-only, so its journal must not be replayed.
   mount -t ext4 -o ro,noload,nosuid,nodev,noexec "$MVM_SECRETS_DEVICE" "$MVM_SECRETS"
@@ -77,10 +111,16 @@ mvm_mount_secrets() {
 
 mvm_install_authorized_keys() {
   [ -s "$MVM_SECRETS/authorized_keys" ] || return 1
-  mkdir -p /root/.ssh
-  chmod 0700 /root /root/.ssh
-  cp "$MVM_SECRETS/authorized_keys" /root/.ssh/authorized_keys.new || return 1
-  chmod 0600 /root/.ssh/authorized_keys.new
+  [ -d /root/.ssh ] || { mkdir -p /root/.ssh && chmod 0700 /root /root/.ssh; } || return 1
+  # Copied with builtins under a private umask (the file is 0600 from its first byte), then renamed into place so
+  # that the SSH server never reads half a file.
+  umask 077
+  mvm_copied=0
+  while IFS= read -r mvm_line || [ -n "$mvm_line" ]; do
+    printf '%s\n' "$mvm_line"
+  done < "$MVM_SECRETS/authorized_keys" > /root/.ssh/authorized_keys.new && mvm_copied=1
+  umask 022
+  [ "$mvm_copied" = 1 ] || return 1
   mv -f /root/.ssh/authorized_keys.new /root/.ssh/authorized_keys
 }
 
