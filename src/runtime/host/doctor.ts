@@ -46,11 +46,21 @@ export async function runHostChecks(dataRoot: string): Promise<HostCheck[]> {
     detail: qemu?.path ? `${qemu.version ?? "version unknown"} (${qemu.path})` : "qemu-system-x86_64 not found: run mvm bootstrap",
     required: true,
   });
+  const kvm = qemu?.path ? await probeKvmCached({ binary: qemu.path }) : { usable: false, reason: "no QEMU to probe with" };
+  checks.push({
+    check: "kvm",
+    level: kvm.usable ? "ok" : "warn",
+    detail: kvm.usable ? kvm.reason : `not usable, software emulation (TCG) will be used: ${kvm.reason}`,
+    required: false,
+  });
+  // Firecracker has no software emulation: its binary alone does not make it usable.
   const fc = binary("firecracker");
   checks.push({
     check: "firecracker",
-    level: fc?.path ? "ok" : "warn",
-    detail: fc?.path ? `${fc.version ?? "version unknown"} (${fc.path})` : "not installed: pools use QEMU (hypervisor auto)",
+    level: fc?.path && kvm.usable ? "ok" : "warn",
+    detail: !fc?.path
+      ? "not installed: pools use QEMU (hypervisor auto)"
+      : `${fc.version ?? "version unknown"} (${fc.path})${kvm.usable ? "" : "; KVM is not usable here, so pools use QEMU (hypervisor auto)"}`,
     required: false,
   });
   const jailer = binary("jailer");
@@ -60,13 +70,6 @@ export async function runHostChecks(dataRoot: string): Promise<HostCheck[]> {
     check: "seccompiler",
     level: seccompiler ? "ok" : "warn",
     detail: seccompiler ?? "seccompiler-bin not installed: seccomp policy strict needs a precompiled bpf filter (MVM_SECCOMP_FILTER_BPF)",
-    required: false,
-  });
-  const kvm = qemu?.path ? await probeKvmCached({ binary: qemu.path }) : { usable: false, reason: "no QEMU to probe with" };
-  checks.push({
-    check: "kvm",
-    level: kvm.usable ? "ok" : "warn",
-    detail: kvm.usable ? kvm.reason : `not usable, software emulation (TCG) will be used: ${kvm.reason}`,
     required: false,
   });
   checks.push({
