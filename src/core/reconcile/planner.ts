@@ -5,7 +5,8 @@
 // The plan is made stage by stage on a simulated copy of the node, so that a dry run shows the whole pass (a tenant
 // to create is followed by its pools, their builds and their instances):
 //   1. tenants: create, or update changed quotas/labels (a network change only while the tenant has no pool);
-//   2. pools: create, or update a changed spec; build when never built or the image source changed;
+//   2. pools: create, or update a changed spec; build when never built or the image source changed (only once the
+//      pool wants or has instances);
 //   3-4. scale each pool (scale-plan.ts), per tenant the steps that free capacity before those that take it;
 //   5. prune unknown pools, then unknown tenants, when the document asks for it.
 // The idle policy (step 6) is the executor's, after the steps.
@@ -185,7 +186,11 @@ export function planReconcile(desired: DesiredState, observed: ObservedNode, opt
           pools.set(dp.poolId, current);
         }
       }
-      if (current.pool.currentRevision === "" || !sameValue(current.builtImage, dp.image)) {
+      // A pool that wants no instance and has none is not built until it does: a fleet-wide push of such a pool must
+      // not start an image build on every node.
+      const counts = dp.desiredCounts;
+      const needsImage = counts.running + counts.warm + counts.sleeping > 0 || current.instances.length > 0;
+      if (needsImage && (current.pool.currentRevision === "" || !sameValue(current.builtImage, dp.image))) {
         const reason =
           current.pool.currentRevision === ""
             ? "pool has no built revision"

@@ -65,6 +65,17 @@ async function applyAndRun(document: object) {
 }
 
 describe("a reconcile pass", () => {
+  it("does not build a pool that wants no instance and has none, and builds it once it wants one", async () => {
+    const idle = await applyAndRun(doc([{ id: "acme", pools: [{ id: "web" }] }]));
+    expect(idle.results.map((r) => r.step.kind)).toEqual(["create_tenant", "create_pool"]);
+    expect((await f.store.getPool("acme", "web"))?.currentRevision).toBe("");
+    expect((await controller.reconcile("periodic")).results).toEqual([]);
+
+    const wanted = await applyAndRun(doc([{ id: "acme", pools: [{ id: "web", running: 1 }] }]));
+    expect(wanted.results.map((r) => r.step.kind)).toEqual(["update_pool", "build_pool", "create_instance"]);
+    expect((await f.store.getPool("acme", "web"))?.currentRevision).not.toBe("");
+  });
+
   it("creates the tenant and pool, builds the image and starts the running count; the second pass does nothing", async () => {
     const first = await applyAndRun(doc([{ id: "acme", pools: [{ id: "web", running: 2 }] }]));
     expect(first.converged).toBe(true);
