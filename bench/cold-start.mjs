@@ -25,13 +25,14 @@
 
 import { spawn } from "node:child_process";
 import { execFileSync, spawnSync } from "node:child_process";
-import { copyFile, mkdir, mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
 import { existsSync, openSync, closeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import { setTimeout as sleep } from "node:timers/promises";
+import { qemuPidsUsing } from "./lib/qemu-leftovers.mjs";
 
 const RATIO_TARGET = 1.1;
 const OVERHEAD_TARGET_MS = 50;
@@ -224,17 +225,7 @@ async function runDirect(spec, accel) {
   return { total };
 }
 
-/** QEMU processes whose command line names one of our directories: none may outlive the benchmark. */
-async function leftoverQemuPids() {
-  const pids = [];
-  for (const entry of await readdir("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    const argv = await readProcCmdline(Number(entry)).catch(() => null);
-    if (!argv || !argv.some((a) => a.includes(QEMU_BINARY))) continue;
-    if (argv.some((a) => a.includes(dataDir) || a.includes(directDir))) pids.push(Number(entry));
-  }
-  return pids;
-}
+const leftoverQemuPids = () => qemuPidsUsing([dataDir, directDir], root);
 
 try {
   execFileSync("ip", ["netns", "add", netns]);

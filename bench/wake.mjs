@@ -18,13 +18,14 @@
 // Exit status: 0 whether the targets are met or not; 1 on an error; 2 when it cannot run here.
 
 import { spawn, execFileSync } from "node:child_process";
-import { copyFile, mkdir, mkdtemp, readdir, rm } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, rm } from "node:fs/promises";
 import { closeSync, existsSync, openSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import { setTimeout as sleep } from "node:timers/promises";
+import { qemuPidsUsing } from "./lib/qemu-leftovers.mjs";
 
 const COLD_RATIO_TARGET = 0.2;
 const DIRECT_RATIO_TARGET = 1.1;
@@ -167,16 +168,7 @@ async function directRestore(deps, key, accel, index) {
   }
 }
 
-async function leftoverQemuPids() {
-  const pids = [];
-  for (const entry of await readdir("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    const argv = await readProcCmdline(Number(entry)).catch(() => null);
-    if (!argv || !argv.some((a) => a.includes(QEMU_BINARY))) continue;
-    if (argv.some((a) => a.includes(dataDir) || a.includes(directDir))) pids.push(Number(entry));
-  }
-  return pids;
-}
+const leftoverQemuPids = () => qemuPidsUsing([dataDir, directDir], root);
 
 try {
   execFileSync("ip", ["netns", "add", netns]);
