@@ -10,9 +10,11 @@
 // seldom never delays an action.
 
 import type { HostMemory, HostMemoryReading } from "../host-ports.js";
+import { idledFrom, markIdled, parkedFrom, withoutIdleMark } from "../idle-mark.js";
 import { accumulateIdle, evaluateIdlePolicy, type IdleAction, type IdlePoolView } from "../idle-policy.js";
 import type { IdleMetrics, Instance, InstanceStatus, WorkerPool } from "../model.js";
 import type { AuditActor } from "../observability-ports.js";
+import { timestamp } from "./deps.js";
 import type { InstanceKey } from "./instances.js";
 import type { DataPlaneDeps } from "./lifecycle.js";
 import { sleepInstance, warmInstance } from "./sleep-wake.js";
@@ -312,6 +314,7 @@ export async function runIdlePolicy(deps: DataPlaneDeps, options: IdlePolicyRunO
       } else {
         const after = await (action.kind === "warm" ? runners.warm(actorDeps, key) : runners.sleep(actorDeps, key));
         options.sampler?.noteStatus(key, after.status);
+        await markParked(deps, key, current, after.status, action.reason);
       }
     } catch (e) {
       outcome.result = "failure";
@@ -320,4 +323,26 @@ export async function runIdlePolicy(deps: DataPlaneDeps, options: IdlePolicyRunO
     outcomes.push(outcome);
   }
   return { memoryPressure, pressureError, actions: outcomes };
+}
+
+/**
+ * Marks an instance the policy just parked (idle-mark.ts), so that reconcile keeps counting it in the class it was
+ * parked from; written only if the record is still in the state the action left it in.
+ */
+async function markParked(deps: DataPlaneDeps, key: InstanceKey, before: Instance, status: InstanceStatus, reason: string): Promise<void> {
+  await deps.store.withTenantLock(key.tenantId, async () => {
+    const now = await deps.store.getInstance(key.tenantId, key.poolId, key.instanceId);
+    if (now === null || now.status !== status) return;
+    const conditions = markIdled(now.conditions, parkedFrom(before), `idle policy: ${reason}`, timestamp(deps.clock));
+    await deps.store.putInstance({ ...now, conditions, updatedAt: timestamp(deps.clock) });
+  });
+}
+
+/** Ends the idle mark of an instance (reconcile takes it over before acting on it). No write when there is none. */
+export async function clearIdleMark(deps: DataPlaneDeps, key: InstanceKey): Promise<void> {
+  await deps.store.withTenantLock(key.tenantId, async () => {
+    const instance = await deps.store.getInstance(key.tenantId, key.poolId, key.instanceId);
+    if (instance === null || idledFrom(instance) === null) return;
+    await deps.store.putInstance({ ...instance, conditions: withoutIdleMark(instance.conditions), updatedAt: timestamp(deps.clock) });
+  });
 }

@@ -3,6 +3,7 @@
 // serialised and quota checks see a consistent tenant), and undoes what it did when a later step fails.
 
 import { failedPrecondition, invalid, MvmError, notFound } from "../errors.js";
+import { withoutIdleMark } from "../idle-mark.js";
 import { idViolations, instanceIdViolations } from "../ids.js";
 import type { Condition, HypervisorKind, Instance, Tenant, WorkerPool } from "../model.js";
 import { assertQuota, computeUsage } from "../quota.js";
@@ -218,7 +219,7 @@ export async function startInstance(deps: DataPlaneDeps, key: InstanceKey): Prom
             apiSocket: process.apiSocket,
             netns: deps.network.netns,
           },
-          conditions: setCondition(instance.conditions, { type: "Ready", status: "true", reason: "GuestReady", message: "guest reported ready" }, now),
+          conditions: setCondition(withoutIdleMark(instance.conditions), { type: "Ready", status: "true", reason: "GuestReady", message: "guest reported ready" }, now),
           healthy: true,
           lastHealthCheckAt: now,
           lastStartedAt: now,
@@ -345,7 +346,7 @@ export async function stopInstance(deps: DataPlaneDeps, key: InstanceKey): Promi
         status: "stopped",
         vmm: null,
         healthy: false,
-        conditions: setCondition(instance.conditions, { type: "Ready", status: "false", reason: "Stopped", message: "instance stopped" }, now),
+        conditions: setCondition(withoutIdleMark(instance.conditions), { type: "Ready", status: "false", reason: "Stopped", message: "instance stopped" }, now),
         lastStoppedAt: now,
         updatedAt: now,
       };
@@ -447,7 +448,7 @@ export async function refreshInstanceHealth(deps: DataPlaneDeps, key: InstanceKe
       vmm: null,
       healthy: false,
       conditions: setCondition(
-        instance.conditions,
+        withoutIdleMark(instance.conditions),
         { type: "Ready", status: "false", reason: "VmmExited", message: `VMM process ${instance.vmm.pid} exited without a stop` },
         now,
       ),

@@ -10,6 +10,7 @@
 
 import { parseDesiredState, type DesiredPool, type DesiredState } from "../desired-state.js";
 import { failedPrecondition, invalid, isMvmError, MvmError, type MvmErrorKind } from "../errors.js";
+import { asDesiredClass } from "../idle-mark.js";
 import type { Condition, Instance, WorkerPool } from "../model.js";
 import type { AppliedDesiredState } from "../ports.js";
 import { planReconcile, type ObservedNode, type ObservedPool } from "../reconcile/planner.js";
@@ -30,6 +31,7 @@ import { timestamp } from "./deps.js";
 import { createInstance } from "./instances.js";
 import { destroyInstance, startInstance, stopInstance, tenantNetworkPlan, type DataPlaneDeps } from "./lifecycle.js";
 import { createPool, updatePool, type PoolSpecInput } from "./pools.js";
+import { clearIdleMark } from "./idle.js";
 import { resumeInstance, sleepInstance, wakeInstance, warmInstance } from "./sleep-wake.js";
 import { destroyPoolCompletely } from "./teardown.js";
 import { createTenant, destroyTenant, updateTenant } from "./tenants.js";
@@ -86,7 +88,9 @@ export async function measureNode(deps: ReconcileDeps): Promise<ObservedNode> {
                 store.listInstances(tenant.tenantId, pool.poolId),
               ]);
               const current = builds.find((b) => b.revision === pool.currentRevision);
-              return { pool, builtImage: current ? current.image : null, instances: instances.filter((i) => i.status !== "destroyed") };
+              // Instances the idle policy parked count in the class they were parked from (idle-mark.ts).
+              const live = instances.filter((i) => i.status !== "destroyed").map(asDesiredClass);
+              return { pool, builtImage: current ? current.image : null, instances: live };
             }),
           ),
         };
@@ -575,10 +579,14 @@ export class ReconcileController {
       case "wake_instance":
         await wakeInstance(deps, instanceKey());
         return "";
+      // A parked instance (idle-mark.ts) counted in its old class may be the surplus this step moves: reconcile
+      // takes it over first, so that the next pass sees it where it really is, even if this step is refused.
       case "warm_instance":
+        await clearIdleMark(deps, instanceKey());
         await warmInstance(deps, instanceKey());
         return "";
       case "sleep_instance":
+        await clearIdleMark(deps, instanceKey());
         await sleepInstance(deps, instanceKey());
         return "";
       case "stop_instance":

@@ -3,6 +3,7 @@
 // instance that fails to sleep stays running (or warm); one that fails to wake stays sleeping with its snapshot
 // untouched, so the operation can be retried.
 
+import { withoutIdleMark } from "../idle-mark.js";
 import { failedPrecondition, MvmError } from "../errors.js";
 import type { Compression, Instance, Tenant } from "../model.js";
 import { assertQuota, computeUsage, type QuotaRequest } from "../quota.js";
@@ -133,7 +134,7 @@ export async function resumeInstance(deps: DataPlaneDeps, key: InstanceKey): Pro
         const running: Instance = {
           ...instance,
           status: "running",
-          conditions: setCondition(instance.conditions, { type: "Ready", status: "true", reason: "Resumed", message: "vcpus resumed" }, now),
+          conditions: setCondition(withoutIdleMark(instance.conditions), { type: "Ready", status: "true", reason: "Resumed", message: "vcpus resumed" }, now),
           updatedAt: now,
         };
         await deps.store.putInstance(running);
@@ -295,7 +296,7 @@ export async function wakeInstance(deps: DataPlaneDeps, key: InstanceKey, option
         const now = timestamp(deps.clock);
         const awake: Instance = {
           ...running,
-          conditions: setCondition(instance.conditions, { type: "Ready", status: "true", reason: "Woken", message: "restored from snapshot; guest answered" }, now),
+          conditions: setCondition(withoutIdleMark(instance.conditions), { type: "Ready", status: "true", reason: "Woken", message: "restored from snapshot; guest answered" }, now),
           healthy: true,
           lastHealthCheckAt: now,
           updatedAt: now,

@@ -7,7 +7,9 @@ import { createInstance } from "../../../../src/core/use-cases/instances.js";
 import { startInstance, stopInstance } from "../../../../src/core/use-cases/lifecycle.js";
 import { createPool } from "../../../../src/core/use-cases/pools.js";
 import { ReconcileController } from "../../../../src/core/use-cases/reconcile.js";
-import { sleepInstance, warmInstance } from "../../../../src/core/use-cases/sleep-wake.js";
+import { resumeInstance, sleepInstance, warmInstance } from "../../../../src/core/use-cases/sleep-wake.js";
+import { runIdlePolicy } from "../../../../src/core/use-cases/idle.js";
+import { idledFrom } from "../../../../src/core/idle-mark.js";
 import { createTenant } from "../../../../src/core/use-cases/tenants.js";
 import { reconcileFixture, type ReconcileFixture } from "./reconcile-test-deps.js";
 
@@ -65,6 +67,41 @@ async function applyAndRun(document: object) {
 }
 
 describe("a reconcile pass", () => {
+  it("leaves alone what the idle policy parked, and takes it over when the desired counts change", async () => {
+    await applyAndRun(doc([{ id: "acme", pools: [{ id: "web", running: 2 }] }]));
+    const [first, second] = await instancesOf("acme", "web");
+    // The first instance has been idle for longer than warm_after_idle_s (300 s by default): the policy warms it.
+    await f.store.putInstance({ ...first!, idle: { ...first!.idle, idleS: 400 } });
+    const policy = await runIdlePolicy(f.deps);
+    expect(policy.actions.map((a) => [a.kind, a.instanceId, a.result])).toEqual([["warm", first!.instanceId, "success"]]);
+    const parked = (await f.store.getInstance("acme", "web", first!.instanceId))!;
+    expect(parked.status).toBe("warm");
+    expect(idledFrom(parked)).toBe("running");
+
+    // Without the mark, this pass would resume it (pool wants 2 running), and the policy would warm it again later.
+    expect((await controller.reconcile("periodic")).results).toEqual([]);
+    expect((await f.store.getInstance("acme", "web", first!.instanceId))!.status).toBe("warm");
+
+    // A user's resume ends the mark; the pool then simply has its 2 running.
+    await resumeInstance(f.deps, { tenantId: "acme", poolId: "web", instanceId: first!.instanceId });
+    expect(idledFrom((await f.store.getInstance("acme", "web", first!.instanceId))!)).toBeNull();
+    expect((await controller.reconcile("periodic")).results).toEqual([]);
+
+    // Parked again, then the document asks for 1 running and 1 warm: the parked one is the most idle surplus and
+    // becomes the warm one, no longer marked; nothing else moves.
+    await f.store.putInstance({ ...(await f.store.getInstance("acme", "web", first!.instanceId))!, idle: { ...first!.idle, idleS: 400 } });
+    await runIdlePolicy(f.deps);
+    const changed = await applyAndRun(doc([{ id: "acme", pools: [{ id: "web", running: 1, warm: 1 }] }]));
+    expect(changed.results.map((r) => [r.step.kind, r.step.target.instanceId, r.outcome])).toEqual([
+      ["update_pool", undefined, "succeeded"],
+      ["warm_instance", first!.instanceId, "succeeded"],
+    ]);
+    const nowWarm = (await f.store.getInstance("acme", "web", first!.instanceId))!;
+    expect([nowWarm.status, idledFrom(nowWarm)]).toEqual(["warm", null]);
+    expect((await f.store.getInstance("acme", "web", second!.instanceId))!.status).toBe("running");
+    expect((await controller.reconcile("periodic")).results).toEqual([]);
+  });
+
   it("does not build a pool that wants no instance and has none, and builds it once it wants one", async () => {
     const idle = await applyAndRun(doc([{ id: "acme", pools: [{ id: "web" }] }]));
     expect(idle.results.map((r) => r.step.kind)).toEqual(["create_tenant", "create_pool"]);
