@@ -71,6 +71,7 @@ export const METHOD_ACCESS: Readonly<Record<string, MethodAccess>> = {
   "mvm.v1.PoolService/RollbackPool": "tenant",
   "mvm.v1.InstanceService/CreateInstance": "tenant",
   "mvm.v1.InstanceService/GetInstance": "tenant",
+  "mvm.v1.InstanceService/GetInstanceStats": "tenant",
   "mvm.v1.InstanceService/ListInstances": "tenant",
   "mvm.v1.InstanceService/StartInstance": "tenant",
   "mvm.v1.InstanceService/StopInstance": "tenant",

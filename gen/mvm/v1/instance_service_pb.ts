@@ -20,7 +20,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file mvm/v1/instance_service.proto.
  */
 export const file_mvm_v1_instance_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch1tdm0vdjEvaW5zdGFuY2Vfc2VydmljZS5wcm90bxIGbXZtLnYxIsEBCg5JbnN0YW5jZUZpbHRlchIRCgl0ZW5hbnRfaWQYASABKAkSDwoHcG9vbF9pZBgCIAEoCRIoCghzdGF0dXNlcxgDIAMoDjIWLm12bS52MS5JbnN0YW5jZVN0YXR1cxIyCgZsYWJlbHMYBCADKAsyIi5tdm0udjEuSW5zdGFuY2VGaWx0ZXIuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJuChVDcmVhdGVJbnN0YW5jZVJlcXVlc3QSHQoEcG9vbBgBIAEoCzIPLm12bS52MS5Qb29sUmVmEhMKC2luc3RhbmNlX2lkGAIgASgJEg0KBXN0YXJ0GAMgASgIEhIKCnJlcXVlc3RfaWQYBCABKAkiPAoWQ3JlYXRlSW5zdGFuY2VSZXNwb25zZRIiCghpbnN0YW5jZRgBIAEoCzIQLm12bS52MS5JbnN0YW5jZSI7ChJHZXRJbnN0YW5jZVJlcXVlc3QSJQoIaW5zdGFuY2UYASABKAsyEy5tdm0udjEuSW5zdGFuY2VSZWYiYQoTR2V0SW5zdGFuY2VSZXNwb25zZRIiCghpbnN0YW5jZRgBIAEoCzIQLm12bS52MS5JbnN0YW5jZRImCghzbmFwc2hvdBgCIAEoCzIULm12bS52MS5TbmFwc2hvdE1ldGEiZQoUTGlzdEluc3RhbmNlc1JlcXVlc3QSJgoGZmlsdGVyGAEgASgLMhYubXZtLnYxLkluc3RhbmNlRmlsdGVyEhEKCXBhZ2Vfc2l6ZRgCIAEoDRISCgpwYWdlX3Rva2VuGAMgASgJIlUKFUxpc3RJbnN0YW5jZXNSZXNwb25zZRIjCglpbnN0YW5jZXMYASADKAsyEC5tdm0udjEuSW5zdGFuY2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImoKFFN0YXJ0SW5zdGFuY2VSZXF1ZXN0EiUKCGluc3RhbmNlGAEgASgLMhMubXZtLnYxLkluc3RhbmNlUmVmEhcKD2Jvb3RfdGltZW91dF9tcxgCIAEoDRISCgpyZXF1ZXN0X2lkGAMgASgJIjsKFVN0YXJ0SW5zdGFuY2VSZXNwb25zZRIiCghpbnN0YW5jZRgBIAEoCzIQLm12bS52MS5JbnN0YW5jZSJkChNTdG9wSW5zdGFuY2VSZXF1ZXN0EiUKCGluc3RhbmNlGAEgASgLMhMubXZtLnYxLkluc3RhbmNlUmVmEhIKCnRpbWVvdXRfbXMYAiABKA0SEgoKcmVxdWVzdF9pZBgDIAEoCSI6ChRTdG9wSW5zdGFuY2VSZXNwb25zZRIiCghpbnN0YW5jZRgBIAEoCzIQLm12bS52MS5JbnN0YW5jZSJQChNXYXJtSW5zdGFuY2VSZXF1ZXN0EiUKCGluc3RhbmNlGAEgASgLMhMubXZtLnYxLkluc3RhbmNlUmVmEhIKCnJlcXVlc3RfaWQYAiABKAkiOgoUV2FybUluc3RhbmNlUmVzcG9uc2USIgoIaW5zdGFuY2UYASABKAsyEC5tdm0udjEuSW5zdGFuY2UiUgoVUmVzdW1lSW5zdGFuY2VSZXF1ZXN0EiUKCGluc3RhbmNlGAEgASgLMhMubXZtLnYxLkluc3RhbmNlUmVmEhIKCnJlcXVlc3RfaWQYAiABKAkiPAoWUmVzdW1lSW5zdGFuY2VSZXNwb25zZRIiCghpbnN0YW5jZRgBIAEoCzIQLm12bS52MS5JbnN0YW5jZSKUAQoUU2xlZXBJbnN0YW5jZVJlcXVlc3QSJQoIaW5zdGFuY2UYASABKAsyEy5tdm0udjEuSW5zdGFuY2VSZWYSFwoPcHJlcF90aW1lb3V0X21zGAIgASgNEhIKCnJlcXVlc3RfaWQYAyABKAkSKAoLY29tcHJlc3Npb24YBCABKA4yEy5tdm0udjEuQ29tcHJlc3Npb24iYwoVU2xlZXBJbnN0YW5jZVJlc3BvbnNlEiIKCGluc3RhbmNlGAEgASgLMhAubXZtLnYxLkluc3RhbmNlEiYKCHNuYXBzaG90GAIgASgLMhQubXZtLnYxLlNuYXBzaG90TWV0YSJqChNXYWtlSW5zdGFuY2VSZXF1ZXN0EiUKCGluc3RhbmNlGAEgASgLMhMubXZtLnYxLkluc3RhbmNlUmVmEhgKEHJlYWR5X3RpbWVvdXRfbXMYAiABKA0SEgoKcmVxdWVzdF9pZBgDIAEoCSI6ChRXYWtlSW5zdGFuY2VSZXNwb25zZRIiCghpbnN0YW5jZRgBIAEoCzIQLm12bS52MS5JbnN0YW5jZSJ9ChZEZXN0cm95SW5zdGFuY2VSZXF1ZXN0EiUKCGluc3RhbmNlGAEgASgLMhMubXZtLnYxLkluc3RhbmNlUmVmEhQKDGtlZXBfdm9sdW1lcxgCIAEoCBISCgp0aW1lb3V0X21zGAMgASgNEhIKCnJlcXVlc3RfaWQYBCABKAkiPQoXRGVzdHJveUluc3RhbmNlUmVzcG9uc2USIgoIaW5zdGFuY2UYASABKAsyEC5tdm0udjEuSW5zdGFuY2Ui4AEKE0V4ZWNJbnN0YW5jZVJlcXVlc3QSJQoIaW5zdGFuY2UYASABKAsyEy5tdm0udjEuSW5zdGFuY2VSZWYSDAoEYXJndhgCIAMoCRINCgVzdGRpbhgDIAEoDBIxCgNlbnYYBCADKAsyJC5tdm0udjEuRXhlY0luc3RhbmNlUmVxdWVzdC5FbnZFbnRyeRISCgp0aW1lb3V0X21zGAUgASgNEhIKCnJlcXVlc3RfaWQYBiABKAkaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJvChRFeGVjSW5zdGFuY2VSZXNwb25zZRIRCglleGl0X2NvZGUYASABKAUSDgoGc3Rkb3V0GAIgASgMEg4KBnN0ZGVychgDIAEoDBIRCgl0aW1lZF9vdXQYBCABKAgSEQoJdHJ1bmNhdGVkGAUgASgIIokBChlTdHJlYW1JbnN0YW5jZUxvZ3NSZXF1ZXN0EiUKCGluc3RhbmNlGAEgASgLMhMubXZtLnYxLkluc3RhbmNlUmVmEiEKBnNvdXJjZRgCIAEoDjIRLm12bS52MS5Mb2dTb3VyY2USEgoKdGFpbF9saW5lcxgDIAEoDRIOCgZmb2xsb3cYBCABKAgiagoPSW5zdGFuY2VMb2dMaW5lEiEKBnNvdXJjZRgBIAEoDjIRLm12bS52MS5Mb2dTb3VyY2USDAoEdGV4dBgCIAEoCRImCgJhdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiRAoaU3RyZWFtSW5zdGFuY2VMb2dzUmVzcG9uc2USJgoFbGluZXMYASADKAsyFy5tdm0udjEuSW5zdGFuY2VMb2dMaW5lInQKFVdhdGNoSW5zdGFuY2VzUmVxdWVzdBImCgZmaWx0ZXIYASABKAsyFi5tdm0udjEuSW5zdGFuY2VGaWx0ZXISFAoMcmVzdW1lX3Rva2VuGAIgASgJEh0KFWhlYXJ0YmVhdF9pbnRlcnZhbF9tcxgDIAEoDSJeCg9JbnN0YW5jZURlbGV0ZWQSJQoIaW5zdGFuY2UYASABKAsyEy5tdm0udjEuSW5zdGFuY2VSZWYSJAoKbGFzdF9rbm93bhgCIAEoCzIQLm12bS52MS5JbnN0YW5jZSIuChRJbml0aWFsU3RhdGVDb21wbGV0ZRIWCg5pbnN0YW5jZV9jb3VudBgBIAEoDSIzCglIZWFydGJlYXQSJgoCYXQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIh8KDVNuYXBzaG90UmVzZXQSDgoGcmVhc29uGAEgASgJIrICChZXYXRjaEluc3RhbmNlc1Jlc3BvbnNlEhAKCHJldmlzaW9uGAEgASgEEhQKDHJlc3VtZV90b2tlbhgCIAEoCRIiCgZ1cHNlcnQYAyABKAsyEC5tdm0udjEuSW5zdGFuY2VIABIqCgdkZWxldGVkGAQgASgLMhcubXZtLnYxLkluc3RhbmNlRGVsZXRlZEgAEj4KFmluaXRpYWxfc3RhdGVfY29tcGxldGUYBSABKAsyHC5tdm0udjEuSW5pdGlhbFN0YXRlQ29tcGxldGVIABImCgloZWFydGJlYXQYBiABKAsyES5tdm0udjEuSGVhcnRiZWF0SAASLwoOc25hcHNob3RfcmVzZXQYByABKAsyFS5tdm0udjEuU25hcHNob3RSZXNldEgAQgcKBWV2ZW50KlMKCUxvZ1NvdXJjZRIaChZMT0dfU09VUkNFX1VOU1BFQ0lGSUVEEAASFgoSTE9HX1NPVVJDRV9DT05TT0xFEAESEgoOTE9HX1NPVVJDRV9WTU0QAjKXCAoPSW5zdGFuY2VTZXJ2aWNlEk8KDkNyZWF0ZUluc3RhbmNlEh0ubXZtLnYxLkNyZWF0ZUluc3RhbmNlUmVxdWVzdBoeLm12bS52MS5DcmVhdGVJbnN0YW5jZVJlc3BvbnNlEkYKC0dldEluc3RhbmNlEhoubXZtLnYxLkdldEluc3RhbmNlUmVxdWVzdBobLm12bS52MS5HZXRJbnN0YW5jZVJlc3BvbnNlEkwKDUxpc3RJbnN0YW5jZXMSHC5tdm0udjEuTGlzdEluc3RhbmNlc1JlcXVlc3QaHS5tdm0udjEuTGlzdEluc3RhbmNlc1Jlc3BvbnNlEkwKDVN0YXJ0SW5zdGFuY2USHC5tdm0udjEuU3RhcnRJbnN0YW5jZVJlcXVlc3QaHS5tdm0udjEuU3RhcnRJbnN0YW5jZVJlc3BvbnNlEkkKDFN0b3BJbnN0YW5jZRIbLm12bS52MS5TdG9wSW5zdGFuY2VSZXF1ZXN0GhwubXZtLnYxLlN0b3BJbnN0YW5jZVJlc3BvbnNlEkkKDFdhcm1JbnN0YW5jZRIbLm12bS52MS5XYXJtSW5zdGFuY2VSZXF1ZXN0GhwubXZtLnYxLldhcm1JbnN0YW5jZVJlc3BvbnNlEk8KDlJlc3VtZUluc3RhbmNlEh0ubXZtLnYxLlJlc3VtZUluc3RhbmNlUmVxdWVzdBoeLm12bS52MS5SZXN1bWVJbnN0YW5jZVJlc3BvbnNlEkwKDVNsZWVwSW5zdGFuY2USHC5tdm0udjEuU2xlZXBJbnN0YW5jZVJlcXVlc3QaHS5tdm0udjEuU2xlZXBJbnN0YW5jZVJlc3BvbnNlEkkKDFdha2VJbnN0YW5jZRIbLm12bS52MS5XYWtlSW5zdGFuY2VSZXF1ZXN0GhwubXZtLnYxLldha2VJbnN0YW5jZVJlc3BvbnNlElIKD0Rlc3Ryb3lJbnN0YW5jZRIeLm12bS52MS5EZXN0cm95SW5zdGFuY2VSZXF1ZXN0Gh8ubXZtLnYxLkRlc3Ryb3lJbnN0YW5jZVJlc3BvbnNlEkkKDEV4ZWNJbnN0YW5jZRIbLm12bS52MS5FeGVjSW5zdGFuY2VSZXF1ZXN0GhwubXZtLnYxLkV4ZWNJbnN0YW5jZVJlc3BvbnNlEl0KElN0cmVhbUluc3RhbmNlTG9ncxIhLm12bS52MS5TdHJlYW1JbnN0YW5jZUxvZ3NSZXF1ZXN0GiIubXZtLnYxLlN0cmVhbUluc3RhbmNlTG9nc1Jlc3BvbnNlMAESUQoOV2F0Y2hJbnN0YW5jZXMSHS5tdm0udjEuV2F0Y2hJbnN0YW5jZXNSZXF1ZXN0Gh4ubXZtLnYxLldhdGNoSW5zdGFuY2VzUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_timestamp, file_mvm_v1_common, file_mvm_v1_instance, file_mvm_v1_snapshot]);
+  fileDesc("Ch1tdm0vdjEvaW5zdGFuY2Vfc2VydmljZS5wcm90bxIGbXZtLnYxIsEBCg5JbnN0YW5jZUZpbHRlchIRCgl0ZW5hbnRfaWQYASABKAkSDwoHcG9vbF9pZBgCIAEoCRIoCghzdGF0dXNlcxgDIAMoDjIWLm12bS52MS5JbnN0YW5jZVN0YXR1cxIyCgZsYWJlbHMYBCADKAsyIi5tdm0udjEuSW5zdGFuY2VGaWx0ZXIuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJuChVDcmVhdGVJbnN0YW5jZVJlcXVlc3QSHQoEcG9vbBgBIAEoCzIPLm12bS52MS5Qb29sUmVmEhMKC2luc3RhbmNlX2lkGAIgASgJEg0KBXN0YXJ0GAMgASgIEhIKCnJlcXVlc3RfaWQYBCABKAkiPAoWQ3JlYXRlSW5zdGFuY2VSZXNwb25zZRIiCghpbnN0YW5jZRgBIAEoCzIQLm12bS52MS5JbnN0YW5jZSI7ChJHZXRJbnN0YW5jZVJlcXVlc3QSJQoIaW5zdGFuY2UYASABKAsyEy5tdm0udjEuSW5zdGFuY2VSZWYiYQoTR2V0SW5zdGFuY2VSZXNwb25zZRIiCghpbnN0YW5jZRgBIAEoCzIQLm12bS52MS5JbnN0YW5jZRImCghzbmFwc2hvdBgCIAEoCzIULm12bS52MS5TbmFwc2hvdE1ldGEiQAoXR2V0SW5zdGFuY2VTdGF0c1JlcXVlc3QSJQoIaW5zdGFuY2UYASABKAsyEy5tdm0udjEuSW5zdGFuY2VSZWYipgIKGEdldEluc3RhbmNlU3RhdHNSZXNwb25zZRIiCghpbnN0YW5jZRgBIAEoCzIQLm12bS52MS5JbnN0YW5jZRIZCgxjcHVfdXNhZ2VfdXMYAiABKARIAIgBARIZCgxtZW1vcnlfYnl0ZXMYAyABKARIAYgBARIfChJtZW1vcnlfbGltaXRfYnl0ZXMYBCABKARIAogBARIZCgx0YXBfcnhfYnl0ZXMYBSABKARIA4gBARIZCgx0YXBfdHhfYnl0ZXMYBiABKARIBIgBAUIPCg1fY3B1X3VzYWdlX3VzQg8KDV9tZW1vcnlfYnl0ZXNCFQoTX21lbW9yeV9saW1pdF9ieXRlc0IPCg1fdGFwX3J4X2J5dGVzQg8KDV90YXBfdHhfYnl0ZXMiZQoUTGlzdEluc3RhbmNlc1JlcXVlc3QSJgoGZmlsdGVyGAEgASgLMhYubXZtLnYxLkluc3RhbmNlRmlsdGVyEhEKCXBhZ2Vfc2l6ZRgCIAEoDRISCgpwYWdlX3Rva2VuGAMgASgJIlUKFUxpc3RJbnN0YW5jZXNSZXNwb25zZRIjCglpbnN0YW5jZXMYASADKAsyEC5tdm0udjEuSW5zdGFuY2USFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImoKFFN0YXJ0SW5zdGFuY2VSZXF1ZXN0EiUKCGluc3RhbmNlGAEgASgLMhMubXZtLnYxLkluc3RhbmNlUmVmEhcKD2Jvb3RfdGltZW91dF9tcxgCIAEoDRISCgpyZXF1ZXN0X2lkGAMgASgJIjsKFVN0YXJ0SW5zdGFuY2VSZXNwb25zZRIiCghpbnN0YW5jZRgBIAEoCzIQLm12bS52MS5JbnN0YW5jZSJkChNTdG9wSW5zdGFuY2VSZXF1ZXN0EiUKCGluc3RhbmNlGAEgASgLMhMubXZtLnYxLkluc3RhbmNlUmVmEhIKCnRpbWVvdXRfbXMYAiABKA0SEgoKcmVxdWVzdF9pZBgDIAEoCSI6ChRTdG9wSW5zdGFuY2VSZXNwb25zZRIiCghpbnN0YW5jZRgBIAEoCzIQLm12bS52MS5JbnN0YW5jZSJQChNXYXJtSW5zdGFuY2VSZXF1ZXN0EiUKCGluc3RhbmNlGAEgASgLMhMubXZtLnYxLkluc3RhbmNlUmVmEhIKCnJlcXVlc3RfaWQYAiABKAkiOgoUV2FybUluc3RhbmNlUmVzcG9uc2USIgoIaW5zdGFuY2UYASABKAsyEC5tdm0udjEuSW5zdGFuY2UiUgoVUmVzdW1lSW5zdGFuY2VSZXF1ZXN0EiUKCGluc3RhbmNlGAEgASgLMhMubXZtLnYxLkluc3RhbmNlUmVmEhIKCnJlcXVlc3RfaWQYAiABKAkiPAoWUmVzdW1lSW5zdGFuY2VSZXNwb25zZRIiCghpbnN0YW5jZRgBIAEoCzIQLm12bS52MS5JbnN0YW5jZSKUAQoUU2xlZXBJbnN0YW5jZVJlcXVlc3QSJQoIaW5zdGFuY2UYASABKAsyEy5tdm0udjEuSW5zdGFuY2VSZWYSFwoPcHJlcF90aW1lb3V0X21zGAIgASgNEhIKCnJlcXVlc3RfaWQYAyABKAkSKAoLY29tcHJlc3Npb24YBCABKA4yEy5tdm0udjEuQ29tcHJlc3Npb24iYwoVU2xlZXBJbnN0YW5jZVJlc3BvbnNlEiIKCGluc3RhbmNlGAEgASgLMhAubXZtLnYxLkluc3RhbmNlEiYKCHNuYXBzaG90GAIgASgLMhQubXZtLnYxLlNuYXBzaG90TWV0YSJqChNXYWtlSW5zdGFuY2VSZXF1ZXN0EiUKCGluc3RhbmNlGAEgASgLMhMubXZtLnYxLkluc3RhbmNlUmVmEhgKEHJlYWR5X3RpbWVvdXRfbXMYAiABKA0SEgoKcmVxdWVzdF9pZBgDIAEoCSI6ChRXYWtlSW5zdGFuY2VSZXNwb25zZRIiCghpbnN0YW5jZRgBIAEoCzIQLm12bS52MS5JbnN0YW5jZSJ9ChZEZXN0cm95SW5zdGFuY2VSZXF1ZXN0EiUKCGluc3RhbmNlGAEgASgLMhMubXZtLnYxLkluc3RhbmNlUmVmEhQKDGtlZXBfdm9sdW1lcxgCIAEoCBISCgp0aW1lb3V0X21zGAMgASgNEhIKCnJlcXVlc3RfaWQYBCABKAkiPQoXRGVzdHJveUluc3RhbmNlUmVzcG9uc2USIgoIaW5zdGFuY2UYASABKAsyEC5tdm0udjEuSW5zdGFuY2Ui4AEKE0V4ZWNJbnN0YW5jZVJlcXVlc3QSJQoIaW5zdGFuY2UYASABKAsyEy5tdm0udjEuSW5zdGFuY2VSZWYSDAoEYXJndhgCIAMoCRINCgVzdGRpbhgDIAEoDBIxCgNlbnYYBCADKAsyJC5tdm0udjEuRXhlY0luc3RhbmNlUmVxdWVzdC5FbnZFbnRyeRISCgp0aW1lb3V0X21zGAUgASgNEhIKCnJlcXVlc3RfaWQYBiABKAkaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJvChRFeGVjSW5zdGFuY2VSZXNwb25zZRIRCglleGl0X2NvZGUYASABKAUSDgoGc3Rkb3V0GAIgASgMEg4KBnN0ZGVychgDIAEoDBIRCgl0aW1lZF9vdXQYBCABKAgSEQoJdHJ1bmNhdGVkGAUgASgIIokBChlTdHJlYW1JbnN0YW5jZUxvZ3NSZXF1ZXN0EiUKCGluc3RhbmNlGAEgASgLMhMubXZtLnYxLkluc3RhbmNlUmVmEiEKBnNvdXJjZRgCIAEoDjIRLm12bS52MS5Mb2dTb3VyY2USEgoKdGFpbF9saW5lcxgDIAEoDRIOCgZmb2xsb3cYBCABKAgiagoPSW5zdGFuY2VMb2dMaW5lEiEKBnNvdXJjZRgBIAEoDjIRLm12bS52MS5Mb2dTb3VyY2USDAoEdGV4dBgCIAEoCRImCgJhdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiRAoaU3RyZWFtSW5zdGFuY2VMb2dzUmVzcG9uc2USJgoFbGluZXMYASADKAsyFy5tdm0udjEuSW5zdGFuY2VMb2dMaW5lInQKFVdhdGNoSW5zdGFuY2VzUmVxdWVzdBImCgZmaWx0ZXIYASABKAsyFi5tdm0udjEuSW5zdGFuY2VGaWx0ZXISFAoMcmVzdW1lX3Rva2VuGAIgASgJEh0KFWhlYXJ0YmVhdF9pbnRlcnZhbF9tcxgDIAEoDSJeCg9JbnN0YW5jZURlbGV0ZWQSJQoIaW5zdGFuY2UYASABKAsyEy5tdm0udjEuSW5zdGFuY2VSZWYSJAoKbGFzdF9rbm93bhgCIAEoCzIQLm12bS52MS5JbnN0YW5jZSIuChRJbml0aWFsU3RhdGVDb21wbGV0ZRIWCg5pbnN0YW5jZV9jb3VudBgBIAEoDSIzCglIZWFydGJlYXQSJgoCYXQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIh8KDVNuYXBzaG90UmVzZXQSDgoGcmVhc29uGAEgASgJIrICChZXYXRjaEluc3RhbmNlc1Jlc3BvbnNlEhAKCHJldmlzaW9uGAEgASgEEhQKDHJlc3VtZV90b2tlbhgCIAEoCRIiCgZ1cHNlcnQYAyABKAsyEC5tdm0udjEuSW5zdGFuY2VIABIqCgdkZWxldGVkGAQgASgLMhcubXZtLnYxLkluc3RhbmNlRGVsZXRlZEgAEj4KFmluaXRpYWxfc3RhdGVfY29tcGxldGUYBSABKAsyHC5tdm0udjEuSW5pdGlhbFN0YXRlQ29tcGxldGVIABImCgloZWFydGJlYXQYBiABKAsyES5tdm0udjEuSGVhcnRiZWF0SAASLwoOc25hcHNob3RfcmVzZXQYByABKAsyFS5tdm0udjEuU25hcHNob3RSZXNldEgAQgcKBWV2ZW50KlMKCUxvZ1NvdXJjZRIaChZMT0dfU09VUkNFX1VOU1BFQ0lGSUVEEAASFgoSTE9HX1NPVVJDRV9DT05TT0xFEAESEgoOTE9HX1NPVVJDRV9WTU0QAjLuCAoPSW5zdGFuY2VTZXJ2aWNlEk8KDkNyZWF0ZUluc3RhbmNlEh0ubXZtLnYxLkNyZWF0ZUluc3RhbmNlUmVxdWVzdBoeLm12bS52MS5DcmVhdGVJbnN0YW5jZVJlc3BvbnNlEkYKC0dldEluc3RhbmNlEhoubXZtLnYxLkdldEluc3RhbmNlUmVxdWVzdBobLm12bS52MS5HZXRJbnN0YW5jZVJlc3BvbnNlElUKEEdldEluc3RhbmNlU3RhdHMSHy5tdm0udjEuR2V0SW5zdGFuY2VTdGF0c1JlcXVlc3QaIC5tdm0udjEuR2V0SW5zdGFuY2VTdGF0c1Jlc3BvbnNlEkwKDUxpc3RJbnN0YW5jZXMSHC5tdm0udjEuTGlzdEluc3RhbmNlc1JlcXVlc3QaHS5tdm0udjEuTGlzdEluc3RhbmNlc1Jlc3BvbnNlEkwKDVN0YXJ0SW5zdGFuY2USHC5tdm0udjEuU3RhcnRJbnN0YW5jZVJlcXVlc3QaHS5tdm0udjEuU3RhcnRJbnN0YW5jZVJlc3BvbnNlEkkKDFN0b3BJbnN0YW5jZRIbLm12bS52MS5TdG9wSW5zdGFuY2VSZXF1ZXN0GhwubXZtLnYxLlN0b3BJbnN0YW5jZVJlc3BvbnNlEkkKDFdhcm1JbnN0YW5jZRIbLm12bS52MS5XYXJtSW5zdGFuY2VSZXF1ZXN0GhwubXZtLnYxLldhcm1JbnN0YW5jZVJlc3BvbnNlEk8KDlJlc3VtZUluc3RhbmNlEh0ubXZtLnYxLlJlc3VtZUluc3RhbmNlUmVxdWVzdBoeLm12bS52MS5SZXN1bWVJbnN0YW5jZVJlc3BvbnNlEkwKDVNsZWVwSW5zdGFuY2USHC5tdm0udjEuU2xlZXBJbnN0YW5jZVJlcXVlc3QaHS5tdm0udjEuU2xlZXBJbnN0YW5jZVJlc3BvbnNlEkkKDFdha2VJbnN0YW5jZRIbLm12bS52MS5XYWtlSW5zdGFuY2VSZXF1ZXN0GhwubXZtLnYxLldha2VJbnN0YW5jZVJlc3BvbnNlElIKD0Rlc3Ryb3lJbnN0YW5jZRIeLm12bS52MS5EZXN0cm95SW5zdGFuY2VSZXF1ZXN0Gh8ubXZtLnYxLkRlc3Ryb3lJbnN0YW5jZVJlc3BvbnNlEkkKDEV4ZWNJbnN0YW5jZRIbLm12bS52MS5FeGVjSW5zdGFuY2VSZXF1ZXN0GhwubXZtLnYxLkV4ZWNJbnN0YW5jZVJlc3BvbnNlEl0KElN0cmVhbUluc3RhbmNlTG9ncxIhLm12bS52MS5TdHJlYW1JbnN0YW5jZUxvZ3NSZXF1ZXN0GiIubXZtLnYxLlN0cmVhbUluc3RhbmNlTG9nc1Jlc3BvbnNlMAESUQoOV2F0Y2hJbnN0YW5jZXMSHS5tdm0udjEuV2F0Y2hJbnN0YW5jZXNSZXF1ZXN0Gh4ubXZtLnYxLldhdGNoSW5zdGFuY2VzUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_timestamp, file_mvm_v1_common, file_mvm_v1_instance, file_mvm_v1_snapshot]);
 
 /**
  * Which instances a list or watch covers. Every set field must match; an empty filter matches every instance the
@@ -182,6 +182,84 @@ export const GetInstanceResponseSchema: GenMessage<GetInstanceResponse> = /*@__P
   messageDesc(file_mvm_v1_instance_service, 4);
 
 /**
+ * Request of InstanceService.GetInstanceStats.
+ *
+ * @generated from message mvm.v1.GetInstanceStatsRequest
+ */
+export type GetInstanceStatsRequest = Message<"mvm.v1.GetInstanceStatsRequest"> & {
+  /**
+   * Instance to read. Required.
+   *
+   * @generated from field: mvm.v1.InstanceRef instance = 1;
+   */
+  instance?: InstanceRef | undefined;
+};
+
+/**
+ * Describes the message mvm.v1.GetInstanceStatsRequest.
+ * Use `create(GetInstanceStatsRequestSchema)` to create a new message.
+ */
+export const GetInstanceStatsRequestSchema: GenMessage<GetInstanceStatsRequest> = /*@__PURE__*/
+  messageDesc(file_mvm_v1_instance_service, 5);
+
+/**
+ * Response of InstanceService.GetInstanceStats. A counter that cannot be read now (no cgroup or TAP, as for a
+ * stopped instance) is absent.
+ *
+ * @generated from message mvm.v1.GetInstanceStatsResponse
+ */
+export type GetInstanceStatsResponse = Message<"mvm.v1.GetInstanceStatsResponse"> & {
+  /**
+   * The instance, its health checked first (a VMM found gone is reported stopped).
+   *
+   * @generated from field: mvm.v1.Instance instance = 1;
+   */
+  instance?: Instance | undefined;
+
+  /**
+   * Cumulative CPU time of the instance's cgroup, microseconds.
+   *
+   * @generated from field: optional uint64 cpu_usage_us = 2;
+   */
+  cpuUsageUs?: bigint | undefined;
+
+  /**
+   * Memory charged to the instance's cgroup, bytes.
+   *
+   * @generated from field: optional uint64 memory_bytes = 3;
+   */
+  memoryBytes?: bigint | undefined;
+
+  /**
+   * Memory limit of the instance's cgroup, bytes.
+   *
+   * @generated from field: optional uint64 memory_limit_bytes = 4;
+   */
+  memoryLimitBytes?: bigint | undefined;
+
+  /**
+   * Bytes received on the instance's TAP since it was created.
+   *
+   * @generated from field: optional uint64 tap_rx_bytes = 5;
+   */
+  tapRxBytes?: bigint | undefined;
+
+  /**
+   * Bytes sent on the instance's TAP since it was created.
+   *
+   * @generated from field: optional uint64 tap_tx_bytes = 6;
+   */
+  tapTxBytes?: bigint | undefined;
+};
+
+/**
+ * Describes the message mvm.v1.GetInstanceStatsResponse.
+ * Use `create(GetInstanceStatsResponseSchema)` to create a new message.
+ */
+export const GetInstanceStatsResponseSchema: GenMessage<GetInstanceStatsResponse> = /*@__PURE__*/
+  messageDesc(file_mvm_v1_instance_service, 6);
+
+/**
  * Request of InstanceService.ListInstances.
  *
  * @generated from message mvm.v1.ListInstancesRequest
@@ -214,7 +292,7 @@ export type ListInstancesRequest = Message<"mvm.v1.ListInstancesRequest"> & {
  * Use `create(ListInstancesRequestSchema)` to create a new message.
  */
 export const ListInstancesRequestSchema: GenMessage<ListInstancesRequest> = /*@__PURE__*/
-  messageDesc(file_mvm_v1_instance_service, 5);
+  messageDesc(file_mvm_v1_instance_service, 7);
 
 /**
  * Response of InstanceService.ListInstances.
@@ -242,7 +320,7 @@ export type ListInstancesResponse = Message<"mvm.v1.ListInstancesResponse"> & {
  * Use `create(ListInstancesResponseSchema)` to create a new message.
  */
 export const ListInstancesResponseSchema: GenMessage<ListInstancesResponse> = /*@__PURE__*/
-  messageDesc(file_mvm_v1_instance_service, 6);
+  messageDesc(file_mvm_v1_instance_service, 8);
 
 /**
  * Request of InstanceService.StartInstance.
@@ -277,7 +355,7 @@ export type StartInstanceRequest = Message<"mvm.v1.StartInstanceRequest"> & {
  * Use `create(StartInstanceRequestSchema)` to create a new message.
  */
 export const StartInstanceRequestSchema: GenMessage<StartInstanceRequest> = /*@__PURE__*/
-  messageDesc(file_mvm_v1_instance_service, 7);
+  messageDesc(file_mvm_v1_instance_service, 9);
 
 /**
  * Response of InstanceService.StartInstance.
@@ -298,7 +376,7 @@ export type StartInstanceResponse = Message<"mvm.v1.StartInstanceResponse"> & {
  * Use `create(StartInstanceResponseSchema)` to create a new message.
  */
 export const StartInstanceResponseSchema: GenMessage<StartInstanceResponse> = /*@__PURE__*/
-  messageDesc(file_mvm_v1_instance_service, 8);
+  messageDesc(file_mvm_v1_instance_service, 10);
 
 /**
  * Request of InstanceService.StopInstance.
@@ -334,7 +412,7 @@ export type StopInstanceRequest = Message<"mvm.v1.StopInstanceRequest"> & {
  * Use `create(StopInstanceRequestSchema)` to create a new message.
  */
 export const StopInstanceRequestSchema: GenMessage<StopInstanceRequest> = /*@__PURE__*/
-  messageDesc(file_mvm_v1_instance_service, 9);
+  messageDesc(file_mvm_v1_instance_service, 11);
 
 /**
  * Response of InstanceService.StopInstance.
@@ -355,7 +433,7 @@ export type StopInstanceResponse = Message<"mvm.v1.StopInstanceResponse"> & {
  * Use `create(StopInstanceResponseSchema)` to create a new message.
  */
 export const StopInstanceResponseSchema: GenMessage<StopInstanceResponse> = /*@__PURE__*/
-  messageDesc(file_mvm_v1_instance_service, 10);
+  messageDesc(file_mvm_v1_instance_service, 12);
 
 /**
  * Request of InstanceService.WarmInstance.
@@ -383,7 +461,7 @@ export type WarmInstanceRequest = Message<"mvm.v1.WarmInstanceRequest"> & {
  * Use `create(WarmInstanceRequestSchema)` to create a new message.
  */
 export const WarmInstanceRequestSchema: GenMessage<WarmInstanceRequest> = /*@__PURE__*/
-  messageDesc(file_mvm_v1_instance_service, 11);
+  messageDesc(file_mvm_v1_instance_service, 13);
 
 /**
  * Response of InstanceService.WarmInstance.
@@ -404,7 +482,7 @@ export type WarmInstanceResponse = Message<"mvm.v1.WarmInstanceResponse"> & {
  * Use `create(WarmInstanceResponseSchema)` to create a new message.
  */
 export const WarmInstanceResponseSchema: GenMessage<WarmInstanceResponse> = /*@__PURE__*/
-  messageDesc(file_mvm_v1_instance_service, 12);
+  messageDesc(file_mvm_v1_instance_service, 14);
 
 /**
  * Request of InstanceService.ResumeInstance.
@@ -432,7 +510,7 @@ export type ResumeInstanceRequest = Message<"mvm.v1.ResumeInstanceRequest"> & {
  * Use `create(ResumeInstanceRequestSchema)` to create a new message.
  */
 export const ResumeInstanceRequestSchema: GenMessage<ResumeInstanceRequest> = /*@__PURE__*/
-  messageDesc(file_mvm_v1_instance_service, 13);
+  messageDesc(file_mvm_v1_instance_service, 15);
 
 /**
  * Response of InstanceService.ResumeInstance.
@@ -453,7 +531,7 @@ export type ResumeInstanceResponse = Message<"mvm.v1.ResumeInstanceResponse"> & 
  * Use `create(ResumeInstanceResponseSchema)` to create a new message.
  */
 export const ResumeInstanceResponseSchema: GenMessage<ResumeInstanceResponse> = /*@__PURE__*/
-  messageDesc(file_mvm_v1_instance_service, 14);
+  messageDesc(file_mvm_v1_instance_service, 16);
 
 /**
  * Request of InstanceService.SleepInstance.
@@ -496,7 +574,7 @@ export type SleepInstanceRequest = Message<"mvm.v1.SleepInstanceRequest"> & {
  * Use `create(SleepInstanceRequestSchema)` to create a new message.
  */
 export const SleepInstanceRequestSchema: GenMessage<SleepInstanceRequest> = /*@__PURE__*/
-  messageDesc(file_mvm_v1_instance_service, 15);
+  messageDesc(file_mvm_v1_instance_service, 17);
 
 /**
  * Response of InstanceService.SleepInstance.
@@ -524,7 +602,7 @@ export type SleepInstanceResponse = Message<"mvm.v1.SleepInstanceResponse"> & {
  * Use `create(SleepInstanceResponseSchema)` to create a new message.
  */
 export const SleepInstanceResponseSchema: GenMessage<SleepInstanceResponse> = /*@__PURE__*/
-  messageDesc(file_mvm_v1_instance_service, 16);
+  messageDesc(file_mvm_v1_instance_service, 18);
 
 /**
  * Request of InstanceService.WakeInstance.
@@ -559,7 +637,7 @@ export type WakeInstanceRequest = Message<"mvm.v1.WakeInstanceRequest"> & {
  * Use `create(WakeInstanceRequestSchema)` to create a new message.
  */
 export const WakeInstanceRequestSchema: GenMessage<WakeInstanceRequest> = /*@__PURE__*/
-  messageDesc(file_mvm_v1_instance_service, 17);
+  messageDesc(file_mvm_v1_instance_service, 19);
 
 /**
  * Response of InstanceService.WakeInstance.
@@ -580,7 +658,7 @@ export type WakeInstanceResponse = Message<"mvm.v1.WakeInstanceResponse"> & {
  * Use `create(WakeInstanceResponseSchema)` to create a new message.
  */
 export const WakeInstanceResponseSchema: GenMessage<WakeInstanceResponse> = /*@__PURE__*/
-  messageDesc(file_mvm_v1_instance_service, 18);
+  messageDesc(file_mvm_v1_instance_service, 20);
 
 /**
  * Request of InstanceService.DestroyInstance.
@@ -622,7 +700,7 @@ export type DestroyInstanceRequest = Message<"mvm.v1.DestroyInstanceRequest"> & 
  * Use `create(DestroyInstanceRequestSchema)` to create a new message.
  */
 export const DestroyInstanceRequestSchema: GenMessage<DestroyInstanceRequest> = /*@__PURE__*/
-  messageDesc(file_mvm_v1_instance_service, 19);
+  messageDesc(file_mvm_v1_instance_service, 21);
 
 /**
  * Response of InstanceService.DestroyInstance.
@@ -643,7 +721,7 @@ export type DestroyInstanceResponse = Message<"mvm.v1.DestroyInstanceResponse"> 
  * Use `create(DestroyInstanceResponseSchema)` to create a new message.
  */
 export const DestroyInstanceResponseSchema: GenMessage<DestroyInstanceResponse> = /*@__PURE__*/
-  messageDesc(file_mvm_v1_instance_service, 20);
+  messageDesc(file_mvm_v1_instance_service, 22);
 
 /**
  * Request of InstanceService.ExecInstance.
@@ -699,7 +777,7 @@ export type ExecInstanceRequest = Message<"mvm.v1.ExecInstanceRequest"> & {
  * Use `create(ExecInstanceRequestSchema)` to create a new message.
  */
 export const ExecInstanceRequestSchema: GenMessage<ExecInstanceRequest> = /*@__PURE__*/
-  messageDesc(file_mvm_v1_instance_service, 21);
+  messageDesc(file_mvm_v1_instance_service, 23);
 
 /**
  * Response of InstanceService.ExecInstance.
@@ -748,7 +826,7 @@ export type ExecInstanceResponse = Message<"mvm.v1.ExecInstanceResponse"> & {
  * Use `create(ExecInstanceResponseSchema)` to create a new message.
  */
 export const ExecInstanceResponseSchema: GenMessage<ExecInstanceResponse> = /*@__PURE__*/
-  messageDesc(file_mvm_v1_instance_service, 22);
+  messageDesc(file_mvm_v1_instance_service, 24);
 
 /**
  * Request of InstanceService.StreamInstanceLogs.
@@ -790,7 +868,7 @@ export type StreamInstanceLogsRequest = Message<"mvm.v1.StreamInstanceLogsReques
  * Use `create(StreamInstanceLogsRequestSchema)` to create a new message.
  */
 export const StreamInstanceLogsRequestSchema: GenMessage<StreamInstanceLogsRequest> = /*@__PURE__*/
-  messageDesc(file_mvm_v1_instance_service, 23);
+  messageDesc(file_mvm_v1_instance_service, 25);
 
 /**
  * One log line of an instance.
@@ -825,7 +903,7 @@ export type InstanceLogLine = Message<"mvm.v1.InstanceLogLine"> & {
  * Use `create(InstanceLogLineSchema)` to create a new message.
  */
 export const InstanceLogLineSchema: GenMessage<InstanceLogLine> = /*@__PURE__*/
-  messageDesc(file_mvm_v1_instance_service, 24);
+  messageDesc(file_mvm_v1_instance_service, 26);
 
 /**
  * One message of the InstanceService.StreamInstanceLogs stream.
@@ -846,7 +924,7 @@ export type StreamInstanceLogsResponse = Message<"mvm.v1.StreamInstanceLogsRespo
  * Use `create(StreamInstanceLogsResponseSchema)` to create a new message.
  */
 export const StreamInstanceLogsResponseSchema: GenMessage<StreamInstanceLogsResponse> = /*@__PURE__*/
-  messageDesc(file_mvm_v1_instance_service, 25);
+  messageDesc(file_mvm_v1_instance_service, 27);
 
 /**
  * Request of InstanceService.WatchInstances.
@@ -884,7 +962,7 @@ export type WatchInstancesRequest = Message<"mvm.v1.WatchInstancesRequest"> & {
  * Use `create(WatchInstancesRequestSchema)` to create a new message.
  */
 export const WatchInstancesRequestSchema: GenMessage<WatchInstancesRequest> = /*@__PURE__*/
-  messageDesc(file_mvm_v1_instance_service, 26);
+  messageDesc(file_mvm_v1_instance_service, 28);
 
 /**
  * An instance left the watched set: its tombstone was garbage-collected, or it stopped matching the
@@ -913,7 +991,7 @@ export type InstanceDeleted = Message<"mvm.v1.InstanceDeleted"> & {
  * Use `create(InstanceDeletedSchema)` to create a new message.
  */
 export const InstanceDeletedSchema: GenMessage<InstanceDeleted> = /*@__PURE__*/
-  messageDesc(file_mvm_v1_instance_service, 27);
+  messageDesc(file_mvm_v1_instance_service, 29);
 
 /**
  * Marker: every instance matching the filter at the time of subscription (or of a snapshot reset) has been sent as an
@@ -935,7 +1013,7 @@ export type InitialStateComplete = Message<"mvm.v1.InitialStateComplete"> & {
  * Use `create(InitialStateCompleteSchema)` to create a new message.
  */
 export const InitialStateCompleteSchema: GenMessage<InitialStateComplete> = /*@__PURE__*/
-  messageDesc(file_mvm_v1_instance_service, 28);
+  messageDesc(file_mvm_v1_instance_service, 30);
 
 /**
  * Keep-alive sent when nothing changed for heartbeat_interval_ms; proves the stream is live.
@@ -956,7 +1034,7 @@ export type Heartbeat = Message<"mvm.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_mvm_v1_instance_service, 29);
+  messageDesc(file_mvm_v1_instance_service, 31);
 
 /**
  * The resume token was too old (or from another agent incarnation): the client must drop its cached state.
@@ -978,7 +1056,7 @@ export type SnapshotReset = Message<"mvm.v1.SnapshotReset"> & {
  * Use `create(SnapshotResetSchema)` to create a new message.
  */
 export const SnapshotResetSchema: GenMessage<SnapshotReset> = /*@__PURE__*/
-  messageDesc(file_mvm_v1_instance_service, 30);
+  messageDesc(file_mvm_v1_instance_service, 32);
 
 /**
  * One message of the InstanceService.WatchInstances stream.
@@ -1055,7 +1133,7 @@ export type WatchInstancesResponse = Message<"mvm.v1.WatchInstancesResponse"> & 
  * Use `create(WatchInstancesResponseSchema)` to create a new message.
  */
 export const WatchInstancesResponseSchema: GenMessage<WatchInstancesResponse> = /*@__PURE__*/
-  messageDesc(file_mvm_v1_instance_service, 31);
+  messageDesc(file_mvm_v1_instance_service, 33);
 
 /**
  * Source of an instance log line.
@@ -1119,6 +1197,16 @@ export const InstanceService: GenService<{
     methodKind: "unary";
     input: typeof GetInstanceRequestSchema;
     output: typeof GetInstanceResponseSchema;
+  },
+  /**
+   * Live counters of one instance, read now: CPU time and memory of its cgroup, bytes through its TAP.
+   *
+   * @generated from rpc mvm.v1.InstanceService.GetInstanceStats
+   */
+  getInstanceStats: {
+    methodKind: "unary";
+    input: typeof GetInstanceStatsRequestSchema;
+    output: typeof GetInstanceStatsResponseSchema;
   },
   /**
    * Lists instances matching a filter, ordered by tenant_id, pool_id, instance_id, a page at a time.

@@ -9,7 +9,15 @@ import { idViolations, instanceIdViolations } from "../../core/ids.js";
 import type { Instance, InstanceStatus } from "../../core/model.js";
 import { planTransition, type Operation } from "../../core/state-machine.js";
 import { createInstance, getInstance, listInstances, type InstanceKey } from "../../core/use-cases/instances.js";
-import { destroyInstance, execInInstance, instanceLogPath, startInstance, stopInstance } from "../../core/use-cases/lifecycle.js";
+import {
+  destroyInstance,
+  execInInstance,
+  instanceLogPath,
+  instanceStats,
+  refreshInstanceHealth,
+  startInstance,
+  stopInstance,
+} from "../../core/use-cases/lifecycle.js";
 import { instanceSnapshot, resumeInstance, sleepInstance, wakeInstance, warmInstance } from "../../core/use-cases/sleep-wake.js";
 import type { WatchEvent } from "../../core/watch-hub.js";
 import { WATCH_OVERFLOW_MESSAGE } from "../../core/watch-hub.js";
@@ -201,6 +209,25 @@ export function instanceService(kit: ServiceKit): ServiceImpl<typeof InstanceSer
       const instance = await getInstance(runtime, key);
       const snapshot = instance.status === "sleeping" ? await instanceSnapshot(runtime, key).catch(() => null) : null;
       return { instance: instanceToProto(instance), ...(snapshot ? { snapshot: snapshotMetaToProto(snapshot) } : {}) };
+    },
+
+    async getInstanceStats(req, context) {
+      const call = callInfo(context);
+      const key = instanceKeyOf(req.instance);
+      await kit.policy.requireTenant(call, key.tenantId, targetOf(key));
+      const runtime = kit.runtimeFor(call);
+      await getInstance(runtime, key);
+      await refreshInstanceHealth(runtime, key);
+      const stats = await instanceStats(runtime, key);
+      const counter = (value: number | undefined) => (value === undefined ? undefined : BigInt(Math.max(0, Math.round(value))));
+      return {
+        instance: instanceToProto(stats.instance),
+        cpuUsageUs: counter(stats.cgroup?.cpuUsageUs),
+        memoryBytes: counter(stats.cgroup?.memoryBytes),
+        memoryLimitBytes: counter(stats.cgroupLimits?.memoryBytes),
+        tapRxBytes: counter(stats.tap?.rxBytes),
+        tapTxBytes: counter(stats.tap?.txBytes),
+      };
     },
 
     async listInstances(req, context) {

@@ -371,17 +371,19 @@ export function agentControlPlane(connection: AgentConnection): ControlPlaneClie
     },
 
     async instanceStats(key) {
-      // The contract has no per-instance counters: the agent reports what the record holds.
-      const instance = await getInstanceRecord(key);
+      const res = await rpc(() => instances.getInstanceStats({ instance: instanceRef(key) }));
+      if (res.instance === undefined) throw new MvmError("internal", "agent answered GetInstanceStats without an instance");
+      const instance = instanceFromProto(res.instance);
+      const counter = (value: bigint | undefined) => (value === undefined ? null : Number(value));
       return {
         instance: `${key.tenantId}/${key.poolId}/${key.instanceId}`,
         status: instance.status,
         pid: instance.vmm?.pid ?? null,
-        cpuUsageUs: null,
-        memoryBytes: null,
-        memoryLimitBytes: null,
-        tapRxBytes: null,
-        tapTxBytes: null,
+        cpuUsageUs: counter(res.cpuUsageUs),
+        memoryBytes: counter(res.memoryBytes),
+        memoryLimitBytes: counter(res.memoryLimitBytes),
+        tapRxBytes: counter(res.tapRxBytes),
+        tapTxBytes: counter(res.tapTxBytes),
         idle: instance.idle,
       };
     },

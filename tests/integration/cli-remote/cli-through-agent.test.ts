@@ -126,6 +126,7 @@ describe("the CLI through a running agent", () => {
       ["pool", "list", "acme"],
       ["instance", "list", "-o", "json"],
       ["instance", "info", `acme/web/${id}`],
+      ["instance", "stats", `acme/web/${id}`, "-o", "json"],
       ["pool", "builds", "acme/web"],
       ["audit", "tail", "acme", "-n", "50"],
       ["audit", "verify", "acme", "-o", "json"],

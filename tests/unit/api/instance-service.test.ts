@@ -136,6 +136,22 @@ describe("InstanceService lifecycle", () => {
     expect(refused.findDetails(InstanceStateDetailSchema)[0]?.currentStatus).toBe(InstanceStatus.STOPPED);
   });
 
+  it("reads an instance's live counters while it runs, and none once it is stopped", async () => {
+    await builtPool();
+    const api = h.client(InstanceService, "admin");
+    const ref = await newInstance(undefined, true);
+    const running = await api.getInstanceStats({ instance: ref });
+    expect(running.instance?.status).toBe(InstanceStatus.RUNNING);
+    // The test double's cgroup holds the pool's memory (256 MiB) as its limit and counts nothing yet.
+    expect(running.memoryLimitBytes).toBe(256n * 1024n * 1024n);
+    expect([running.cpuUsageUs, running.tapRxBytes, running.tapTxBytes]).toEqual([0n, 0n, 0n]);
+    await api.stopInstance({ instance: ref });
+    const stopped = await api.getInstanceStats({ instance: ref });
+    expect(stopped.instance?.status).toBe(InstanceStatus.STOPPED);
+    expect([stopped.cpuUsageUs, stopped.memoryBytes, stopped.memoryLimitBytes, stopped.tapRxBytes]).toEqual([undefined, undefined, undefined, undefined]);
+    await expectCode(h.client(InstanceService, "tenant/other").getInstanceStats({ instance: ref }), Code.PermissionDenied);
+  });
+
   it("names ref fields under instance", async () => {
     const error = await expectCode(h.client(InstanceService, "admin").getInstance({ instance: { tenantId: "acme", poolId: "web", instanceId: "nope" } }), Code.InvalidArgument);
     expect(error.findDetails(BadRequestDetailSchema)[0]?.fieldViolations.map((v) => v.field)).toEqual(["instance.instance_id"]);

@@ -92,6 +92,7 @@ const required: Record<string, { service: DescService; rpcs: string[] }> = {
     rpcs: [
       "CreateInstance",
       "GetInstance",
+      "GetInstanceStats",
       "ListInstances",
       "StartInstance",
       "StopInstance",
