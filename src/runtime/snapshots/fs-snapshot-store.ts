@@ -151,12 +151,12 @@ async function sealFile(path: string, compression: Compression): Promise<SealedF
   const output = `${path}.${tool.extension}`;
   const hash = createHash("sha256");
   let sizeBytes = 0;
-  const child = spawn(tool.binary, [...tool.compress, path], { stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(tool.binary, [...tool.compress, path], { stdio: ["ignore", "pipe", "pipe"], timeout: TOOL_TIMEOUT_MS, killSignal: "SIGKILL" });
   let stderr = "";
   child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
   const exited = new Promise<number>((resolve, reject) => {
     child.once("error", reject);
-    child.once("close", (code) => resolve(code ?? -1));
+    child.once("close", (code, signal) => (signal === null ? resolve(code ?? -1) : reject(new Error(toolEndedBy(tool.binary, signal)))));
   });
   try {
     await pipeline(
@@ -214,13 +214,27 @@ async function verify(path: string, sizeBytes: number, sha256: string): Promise<
   }
 }
 
+/**
+ * How long lz4 or zstd may take on one snapshot before it is taken as stuck and killed: far beyond what the largest
+ * guest needs at their fast levels (hundreds of MB/s).
+ */
+const TOOL_TIMEOUT_MS = 600_000;
+
+function toolEndedBy(binary: string, signal: NodeJS.Signals): string {
+  return signal === "SIGKILL" ? `${binary} did not finish within ${TOOL_TIMEOUT_MS / 1000} s and was killed` : `${binary} was ended by ${signal}`;
+}
+
 function runTool(binary: string, args: string[]): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawn(binary, args, { stdio: ["ignore", "ignore", "pipe"] });
+    const child = spawn(binary, args, { stdio: ["ignore", "ignore", "pipe"], timeout: TOOL_TIMEOUT_MS, killSignal: "SIGKILL" });
     let stderr = "";
     child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
     child.once("error", reject);
-    child.once("close", (code) => (code === 0 ? resolve() : reject(new Error(`${binary} exited ${code}: ${stderr.trim()}`))));
+    child.once("close", (code, signal) => {
+      if (signal !== null) reject(new Error(toolEndedBy(binary, signal)));
+      else if (code === 0) resolve();
+      else reject(new Error(`${binary} exited ${code}: ${stderr.trim()}`));
+    });
   });
 }
 
