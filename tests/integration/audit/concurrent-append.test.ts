@@ -24,6 +24,7 @@ beforeAll(async () => {
     `import { existsSync } from "node:fs";
 import { FsAuditLog } from ${JSON.stringify(modules.urlOf("src/runtime/audit/fs-audit-log.ts"))};
 const [dataRoot, tenantId, writer, countText, goFile] = process.argv.slice(2);
+process.stdout.write("ready\\n");
 while (!existsSync(goFile)) await new Promise((r) => setTimeout(r, 5));
 const log = new FsAuditLog(dataRoot);
 const count = countText === "forever" ? Infinity : Number(countText);
@@ -42,10 +43,31 @@ afterAll(async () => {
   await rm(modules.outDir, { recursive: true, force: true });
 });
 
-function startWriter(dataRoot: string, writer: string, count: string, goFile: string): { child: ChildProcess; exited: Promise<number | null> } {
+interface Writer {
+  child: ChildProcess;
+  exited: Promise<number | null>;
+  /** Resolves once the writer printed `line` ("ready": waiting for the go file; "first": one entry appended). */
+  said(line: string): Promise<void>;
+}
+
+function startWriter(dataRoot: string, writer: string, count: string, goFile: string): Writer {
   const child = spawn(process.execPath, [writerScript, dataRoot, "acme", writer, count, goFile], { stdio: ["ignore", "pipe", "inherit"] });
   const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
-  return { child, exited };
+  let output = "";
+  const waiters: Array<{ line: string; resolve: () => void }> = [];
+  child.stdout?.setEncoding("utf8").on("data", (text: string) => {
+    output += text;
+    for (const w of waiters.splice(0)) {
+      if (output.split("\n").includes(w.line)) w.resolve();
+      else waiters.push(w);
+    }
+  });
+  const said = (line: string) =>
+    new Promise<void>((resolve) => {
+      if (output.split("\n").includes(line)) resolve();
+      else waiters.push({ line, resolve });
+    });
+  return { child, exited, said };
 }
 
 describe("audit log across processes", () => {
@@ -65,7 +87,8 @@ describe("audit log across processes", () => {
       })();
       const a = startWriter(root, "a", String(N), goFile);
       const b = startWriter(root, "b", String(N), goFile);
-      await new Promise((r) => setTimeout(r, 100));
+      // Both must be running before either may append, or a slow start lets one finish alone (nothing contended).
+      await Promise.all([a.said("ready"), b.said("ready")]);
       await writeFile(goFile, "");
       expect(await a.exited).toBe(0);
       expect(await b.exited).toBe(0);
@@ -95,7 +118,7 @@ describe("audit log across processes", () => {
       const goFile = join(root, "go");
       await writeFile(goFile, "");
       const w = startWriter(root, "doomed", "forever", goFile);
-      await new Promise<void>((resolve) => w.child.stdout?.once("data", () => resolve()));
+      await w.said("first");
       await new Promise((r) => setTimeout(r, 150));
       w.child.kill("SIGKILL");
       await w.exited;
