@@ -199,7 +199,8 @@ describe.skipIf(skipReason !== null)("qemu vmm (real qemu, tcg)", () => {
       expect(await vmm.isAlive(proc)).toBe(false);
     } finally {
       if (proc !== null) await terminateProcess(proc.pid, proc.pidStartTime).catch(() => undefined);
-      for (const d of groups.reverse()) await rmdir(d).catch(() => undefined);
+      // A group stays busy until the kernel has released the exited VMM from it: retried, never left behind.
+      for (const d of groups.reverse()) await removeCgroupDir(d);
     }
   });
 
@@ -298,3 +299,18 @@ describe.skipIf(skipReason !== null)("qemu vmm (real qemu, tcg)", () => {
     expect(missing.reason).toContain("no-kvm is missing");
   });
 });
+
+async function removeCgroupDir(dir: string): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    try {
+      await rmdir(dir);
+      return;
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === "ENOENT") return;
+      if (code !== "EBUSY" || Date.now() > deadline) throw e;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
