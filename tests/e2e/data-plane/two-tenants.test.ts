@@ -5,6 +5,7 @@ import { execFileSync, spawn, spawnSync, type ChildProcess } from "node:child_pr
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { okJson, processGone } from "../../helpers/e2e-checks.js";
 import { REPO_ROOT, runMvm, tempDataDir, type CliResult } from "../../helpers/mvm-cli.js";
 
 const isRoot = process.getuid?.() === 0;
@@ -24,10 +25,7 @@ function mvm(...args: string[]): CliResult {
   });
 }
 
-function ok<T = any>(r: CliResult): T {
-  expect(r.code, r.stderr).toBe(0);
-  return JSON.parse(r.stdout) as T;
-}
+const ok = okJson;
 
 function inGuest(path: string, command: string): CliResult {
   return mvm("instance", "exec", path, "--", "sh", "-c", command);
@@ -52,22 +50,6 @@ function memoryCgroupDir(pid: number): string {
   const v1 = lines.find((l) => /^\d+:([^:]*,)?memory(,[^:]*)?:/.test(l));
   if (v1) return `/sys/fs/cgroup/memory${v1.split(":")[2]}`;
   return `/sys/fs/cgroup${lines.find((l) => l.startsWith("0::"))!.slice(3)}`;
-}
-
-/** Gone, or a zombie that PID 1 has not reaped yet (its parent, a CLI process, has exited). */
-function processGone(pid: number): boolean {
-  const deadline = Date.now() + 3_000;
-  for (;;) {
-    let state: string | undefined;
-    try {
-      state = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.[0];
-    } catch {
-      return true;
-    }
-    if (state === "Z") return true;
-    if (Date.now() > deadline) return false;
-    spawnSync("sleep", ["0.1"]);
-  }
 }
 
 const a = { tenant: "alpha", subnet: "10.210.1.0/24", gateway: "10.210.1.1" };
@@ -184,7 +166,7 @@ describe.skipIf(skipReason !== null)("data plane: real microVMs for two tenants"
     const stopped = ok(mvm("instance", "stop", paths.a1, "-o", "json"));
     expect(existsSync(cgroupDir)).toBe(false);
     expect(stopped.status).toBe("stopped");
-    expect(processGone(before.vmm.pid)).toBe(true);
+    expect(processGone(before.vmm.pid, 3_000)).toBe(true);
     expect(inNetns(["ip", "link", "show", before.net.tapName]).status).not.toBe(0);
     ok(mvm("instance", "start", paths.a1, "-o", "json"));
     expect(inGuest(paths.a1, "cat /data/hello").stdout).toBe("persisted\n");
@@ -204,7 +186,7 @@ describe.skipIf(skipReason !== null)("data plane: real microVMs for two tenants"
   it("notices a VMM killed from outside and reports the instance stopped", () => {
     const info = ok(mvm("instance", "info", paths.a2, "-o", "json"));
     process.kill(info.vmm.pid, "SIGKILL");
-    expect(processGone(info.vmm.pid)).toBe(true);
+    expect(processGone(info.vmm.pid, 3_000)).toBe(true);
     const after = ok(mvm("instance", "info", paths.a2, "-o", "json"));
     expect(after.status).toBe("stopped");
     expect(after.conditions.find((c: { type: string }) => c.type === "Ready").reason).toBe("VmmExited");

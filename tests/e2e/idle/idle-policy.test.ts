@@ -6,6 +6,7 @@ import { execFileSync, spawn, spawnSync, type ChildProcess } from "node:child_pr
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { okJson } from "../../helpers/e2e-checks.js";
 import { REPO_ROOT, runMvm, tempDataDir, type CliResult } from "../../helpers/mvm-cli.js";
 
 const isRoot = process.getuid?.() === 0;
@@ -34,10 +35,7 @@ function mvm(...args: string[]): CliResult {
   return runMvm(args, { dataDir: data.path, env: ENV });
 }
 
-function ok<T = any>(r: CliResult): T {
-  expect(r.code, r.stderr).toBe(0);
-  return JSON.parse(r.stdout) as T;
-}
+const ok = okJson;
 
 function status(path: string): string {
   return ok<{ status: string }>(mvm("instance", "info", path, "-o", "json")).status;

@@ -7,6 +7,7 @@ import { execFileSync, spawn, spawnSync, type ChildProcess } from "node:child_pr
 import { existsSync, openSync, readFileSync, readSync, statSync, writeSync, closeSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { okJson, processGone } from "../../helpers/e2e-checks.js";
 import { REPO_ROOT, runMvm, tempDataDir, type CliResult } from "../../helpers/mvm-cli.js";
 
 const isRoot = process.getuid?.() === 0;
@@ -40,10 +41,7 @@ function mvm(...args: string[]): CliResult {
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
 
-function ok<T = any>(r: CliResult): T {
-  expect(r.code, r.stderr).toBe(0);
-  return JSON.parse(r.stdout) as T;
-}
+const ok = okJson;
 
 function inGuest(command: string): string {
   const r = mvm("instance", "exec", path, "--", "sh", "-c", command);
@@ -55,21 +53,6 @@ function inGuest(command: string): string {
 function counter(): { pid: string; value: number } {
   const [pid, value] = inGuest("cat /tmp/counter.pid; cat /tmp/counter").split("\n");
   return { pid: pid!.trim(), value: Number(value) };
-}
-
-function processGone(pid: number): boolean {
-  const deadline = Date.now() + 5_000;
-  for (;;) {
-    let state: string | undefined;
-    try {
-      state = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.[0];
-    } catch {
-      return true;
-    }
-    if (state === "Z") return true;
-    if (Date.now() > deadline) return false;
-    spawnSync("sleep", ["0.1"]);
-  }
 }
 
 /** Guest clock minus host clock, seconds (the exec's midpoint stands for the moment the guest read its clock). */
