@@ -23,7 +23,7 @@ beforeAll(async () => {
     writerScript,
     `import { existsSync } from "node:fs";
 import { FsAuditLog } from ${JSON.stringify(modules.urlOf("src/runtime/audit/fs-audit-log.ts"))};
-const [dataRoot, tenantId, writer, countText, goFile] = process.argv.slice(2);
+const [dataRoot, tenantId, writer, countText, goFile, waitForOther] = process.argv.slice(2);
 process.stdout.write("ready\\n");
 while (!existsSync(goFile)) await new Promise((r) => setTimeout(r, 5));
 const log = new FsAuditLog(dataRoot);
@@ -34,6 +34,10 @@ for (let n = 1; n <= count; n++) {
     target: tenantId + "/web/i-00000001", outcome: "success", reason: "", details: { writer, n: String(n) },
   });
   if (n === 1) process.stdout.write("first\\n");
+  // With another writer: no second entry before the other's first, so the two cannot simply run one after the other.
+  while (n === 1 && waitForOther === "wait" && !(await log.read(tenantId, { limit: 10000 })).some((e) => e.details.writer !== writer)) {
+    await new Promise((r) => setTimeout(r, 5));
+  }
 }
 `,
   );
@@ -50,8 +54,9 @@ interface Writer {
   said(line: string): Promise<void>;
 }
 
-function startWriter(dataRoot: string, writer: string, count: string, goFile: string): Writer {
-  const child = spawn(process.execPath, [writerScript, dataRoot, "acme", writer, count, goFile], { stdio: ["ignore", "pipe", "inherit"] });
+function startWriter(dataRoot: string, writer: string, count: string, goFile: string, waitForOther = false): Writer {
+  const args = [writerScript, dataRoot, "acme", writer, count, goFile, ...(waitForOther ? ["wait"] : [])];
+  const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "inherit"] });
   const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
   let output = "";
   const waiters: Array<{ line: string; resolve: () => void }> = [];
@@ -85,8 +90,8 @@ describe("audit log across processes", () => {
           if (watched.length === 2 * N) controller.abort();
         }
       })();
-      const a = startWriter(root, "a", String(N), goFile);
-      const b = startWriter(root, "b", String(N), goFile);
+      const a = startWriter(root, "a", String(N), goFile, true);
+      const b = startWriter(root, "b", String(N), goFile, true);
       // Both must be running before either may append, or a slow start lets one finish alone (nothing contended).
       await Promise.all([a.said("ready"), b.said("ready")]);
       await writeFile(goFile, "");
