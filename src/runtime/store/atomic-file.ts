@@ -3,7 +3,7 @@
 // sibling store modules so tests can transpile it and run it in child processes that they SIGKILL.
 
 import { randomBytes } from "node:crypto";
-import { closeSync, constants, fstatSync, lstatSync, openSync, readFileSync } from "node:fs";
+import { closeSync, constants, fstatSync, lstatSync, openSync, readSync, type BigIntStats } from "node:fs";
 import { link, lstat, open, readdir, rename, unlink } from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
@@ -129,7 +129,8 @@ export async function unlinkIfPresent(path: string): Promise<void> {
 export type JsonReadResult =
   | { status: "missing" }
   /** `ino` identifies the file that was read, so a caller can check it is still the one at the path. */
-  | { status: "parsed"; value: unknown; ino: number }
+  /** `stat` is the fstat of the descriptor the text was read from (for RecordCache). */
+  | { status: "parsed"; value: unknown; text: string; ino: number; stat: BigIntStats }
   | { status: "unparseable"; reason: string; ino: number };
 
 /**
@@ -163,19 +164,35 @@ function readJsonRecordSync(path: string): JsonReadResult {
     throw e;
   }
   try {
-    const stat = fstatSync(fd);
-    if (!stat.isFile()) return { status: "unparseable", reason: "is not a regular file", ino: stat.ino };
-    const text = readFileSync(fd, "utf8");
+    const stat = fstatSync(fd, { bigint: true });
+    const ino = Number(stat.ino);
+    if (!stat.isFile()) return { status: "unparseable", reason: "is not a regular file", ino };
+    const text = readWholeFile(fd, Number(stat.size));
     try {
-      return { status: "parsed", value: JSON.parse(text) as unknown, ino: stat.ino };
+      return { status: "parsed", value: JSON.parse(text) as unknown, text, ino, stat };
     } catch (e) {
       const detail = e instanceof Error ? e.message : String(e);
       const what = text.length === 0 ? "is empty" : `is not valid JSON (${detail})`;
-      return { status: "unparseable", reason: what, ino: stat.ino };
+      return { status: "unparseable", reason: what, ino };
     }
   } finally {
     closeSync(fd);
   }
+}
+
+/**
+ * The text of the open file `fd`, `size` bytes long. Records are replaced by rename, never written in place, so the
+ * size just fstat'ed is the whole file: usually one read(2), where readFileSync would fstat again and read to EOF.
+ */
+function readWholeFile(fd: number, size: number): string {
+  const buffer = Buffer.allocUnsafe(size);
+  let filled = 0;
+  while (filled < size) {
+    const got = readSync(fd, buffer, filled, size - filled, filled);
+    if (got === 0) break;
+    filled += got;
+  }
+  return buffer.toString("utf8", 0, filled);
 }
 
 /**

@@ -32,6 +32,7 @@ import { DEFAULT_LOCK_TIMEOUT_MS, heldFileLocks, withFileLock } from "./file-loc
 import { lockOrderViolation } from "./lock-order.js";
 import type { StoreLockKey } from "./lock-order.js";
 import { errnoCode } from "./process-identity.js";
+import { RecordCache } from "./record-cache.js";
 
 export interface FsStoreOptions {
   /** Called once for each record moved aside as `*.broken`. Default: nothing (they stay listed by brokenRecords). */
@@ -88,6 +89,7 @@ export class FsStore implements Store {
   private readonly lockTimeoutMs: number;
   private readonly clock: Clock;
   private readonly ids: Ids;
+  private readonly records = new RecordCache();
 
   private constructor(dataRoot: string, options: FsStoreOptions) {
     this.dataRoot = dataRoot;
@@ -157,8 +159,7 @@ export class FsStore implements Store {
 
   async getTenant(tenantId: string): Promise<Tenant | null> {
     assertId(tenantId, "tenant_id");
-    if (!(await this.dirsExist(["tenants", tenantId]))) return null;
-    return this.readRecord<Tenant>(this.path("tenants", tenantId, FILES.tenant), idsMatch({ tenantId }));
+    return this.readRecordIn<Tenant>(["tenants", tenantId], FILES.tenant, idsMatch({ tenantId }));
   }
 
   async putTenant(tenant: Tenant): Promise<void> {
@@ -218,9 +219,7 @@ export class FsStore implements Store {
 
   async getPool(tenantId: string, poolId: string): Promise<WorkerPool | null> {
     assertPoolIds(tenantId, poolId);
-    if (!(await this.dirsExist(poolDirs(tenantId, poolId)))) return null;
-    const path = this.path(...poolDirs(tenantId, poolId), FILES.pool);
-    return this.readRecord<WorkerPool>(path, idsMatch({ tenantId, poolId }));
+    return this.readRecordIn<WorkerPool>(poolDirs(tenantId, poolId), FILES.pool, idsMatch({ tenantId, poolId }));
   }
 
   /** The tenant record must exist (not_found otherwise), so a pool never outlives or precedes its tenant. */
@@ -254,7 +253,6 @@ export class FsStore implements Store {
   }
 
   private async readBuildHistory(tenantId: string, poolId: string): Promise<BuildHistoryRecord | null> {
-    if (!(await this.dirsExist(poolDirs(tenantId, poolId)))) return null;
     const check: ShapeCheck = (v) => {
       const ids = idsMatch({ tenantId, poolId })(v);
       if (ids !== null) return ids;
@@ -262,7 +260,7 @@ export class FsStore implements Store {
       const bad = v.builds.findIndex((b) => typeof b !== "object" || b === null || typeof b.revision !== "string");
       return bad >= 0 ? `builds[${bad}] has no revision` : null;
     };
-    return this.readRecord<BuildHistoryRecord>(this.path(...poolDirs(tenantId, poolId), FILES.builds), check);
+    return this.readRecordIn<BuildHistoryRecord>(poolDirs(tenantId, poolId), FILES.builds, check);
   }
 
   // ---- instances --------------------------------------------------------------------------------------------------
@@ -276,9 +274,8 @@ export class FsStore implements Store {
 
   async getInstance(tenantId: string, poolId: string, instanceId: string): Promise<Instance | null> {
     assertInstanceIds(tenantId, poolId, instanceId);
-    const dirs = instanceDirs(tenantId, poolId, instanceId);
-    if (!(await this.dirsExist(dirs))) return null;
-    return this.readRecord<Instance>(this.path(...dirs, FILES.instance), idsMatch({ tenantId, poolId, instanceId }));
+    const check = idsMatch({ tenantId, poolId, instanceId });
+    return this.readRecordIn<Instance>(instanceDirs(tenantId, poolId, instanceId), FILES.instance, check);
   }
 
   /** The pool record must exist (not_found otherwise). */
@@ -488,8 +485,23 @@ export class FsStore implements Store {
     await writeFileAtomic(path, serialize({ ...record, schemaVersion: SCHEMA_VERSION }), { mode: RECORD_MODE });
   }
 
+  /**
+   * The record `file` in the directory `dirs`, or null when it or a directory on the way is absent. The directories
+   * are checked (no symlinks) unless the record cache holds the very file, which was read through checked ones.
+   */
+  private async readRecordIn<T>(dirs: string[], file: string, check: ShapeCheck): Promise<T | null> {
+    // Joined by hand: the segments are validated IDs and fixed names, so there is nothing for path.join to normalise.
+    const path = `${this.dataRoot}/${dirs.join("/")}/${file}`;
+    const cached = this.records.lookup(path);
+    if (cached !== undefined) return cached as T;
+    if (!(await this.dirsExist(dirs))) return null;
+    return this.readRecord<T>(path, check);
+  }
+
   /** The record at `path`, or null when it is absent or was moved aside as broken. */
   private async readRecord<T>(path: string, check: ShapeCheck): Promise<T | null> {
+    const cached = this.records.lookup(path);
+    if (cached !== undefined) return cached as T;
     const read = await readJsonRecord(path);
     if (read.status === "missing") return null;
     if (read.status === "unparseable") {
@@ -501,6 +513,7 @@ export class FsStore implements Store {
       await this.moveAside(path, read.ino, problem);
       return null;
     }
+    this.records.remember(path, read.stat, read.text);
     return read.value as T;
   }
 
