@@ -64,6 +64,8 @@ interface LockRegistry {
   owned: Map<string, string>;
   /** Lock paths held by the current async chain. */
   chain: AsyncLocalStorage<readonly string[]>;
+  /** Lock holders running now, in this process. */
+  running?: number;
 }
 
 const REGISTRY_KEY = Symbol.for("mvm.store.file-lock.registry");
@@ -105,10 +107,17 @@ export async function withFileLock<T>(
   }
 
   let outcome: { ok: true; value: T } | { ok: false; error: unknown };
+  registry.running = (registry.running ?? 0) + 1;
   try {
     outcome = { ok: true, value: await registry.chain.run([...held, path], fn) };
   } catch (error) {
     outcome = { ok: false, error };
+  } finally {
+    // With no lock held anywhere in the process, the chain is switched off: an enabled AsyncLocalStorage makes
+    // Node track the context of every promise the process creates (a cost on every RPC the agent serves), and
+    // getStore() of a disabled one is undefined, which is the truth then. The next run() switches it back on.
+    registry.running -= 1;
+    if (registry.running === 0) registry.chain.disable();
   }
   let releaseError: unknown;
   try {

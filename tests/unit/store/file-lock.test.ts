@@ -92,6 +92,30 @@ describe("withFileLock in one process", () => {
     expect(result).toBe("nested");
   });
 
+  it("tells each chain its own locks, and none once every holder is done (context tracking switched off)", async () => {
+    const other = join(dir, "other.lock");
+    let released!: () => void;
+    const firstReleased = new Promise<void>((resolve) => (released = resolve));
+    let seenAfterRelease: readonly string[] | undefined;
+    const second = withFileLock(other, async () => {
+      await delay(5);
+      expect(heldFileLocks()).toEqual([other]);
+    });
+    await withFileLock(lockPath, async () => {
+      // Work this holder leaves behind, still running after the lock is given back.
+      void firstReleased.then(async () => {
+        await second;
+        seenAfterRelease = heldFileLocks();
+      });
+      expect(heldFileLocks()).toEqual([lockPath]);
+    });
+    released();
+    await second;
+    await delay(1);
+    expect(seenAfterRelease).toEqual([]);
+    expect(await withFileLock(lockPath, async () => heldFileLocks())).toEqual([lockPath]);
+  });
+
   it("gives up on a task of this process that holds it too long", async () => {
     let release!: () => void;
     const holding = withFileLock(lockPath, () => new Promise<void>((r) => (release = r)));
