@@ -184,22 +184,26 @@ export async function auditDenial(
   });
 }
 
-/** Certificates whose identity was already read, by SHA-256 fingerprint; reading one parses its DER. */
+/** Certificates whose caller was already worked out, by SHA-256 fingerprint; reading one parses its DER. */
 const IDENTITY_CACHE_SIZE = 1024;
 
 export function createAuthInterceptor(options: AuthOptions): Interceptor {
   const resolvePeer = options.resolvePeer ?? ((values: ContextValues) => values.get(PEER_KEY));
-  const identities = new Map<string, Identity | null>();
-  const identityOf = (certificate: PeerCertificate | X509Certificate | null): Identity | null => {
+  const callers = new Map<string, Caller | null>();
+  const readCaller = (certificate: PeerCertificate | X509Certificate | null): Caller | null => {
+    const identity = identityFromPeerCertificate(certificate, options.trustDomain);
+    return identity === null ? null : callerFromIdentity(identity, options.trustDomain);
+  };
+  const callerOfCertificate = (certificate: PeerCertificate | X509Certificate | null): Caller | null => {
     const fingerprint = certificate?.fingerprint256;
-    if (!fingerprint) return identityFromPeerCertificate(certificate, options.trustDomain);
-    let identity = identities.get(fingerprint);
-    if (identity === undefined) {
-      identity = identityFromPeerCertificate(certificate, options.trustDomain);
-      if (identities.size >= IDENTITY_CACHE_SIZE) identities.delete(identities.keys().next().value as string);
-      identities.set(fingerprint, identity);
+    if (!fingerprint) return readCaller(certificate);
+    let caller = callers.get(fingerprint);
+    if (caller === undefined) {
+      caller = readCaller(certificate);
+      if (callers.size >= IDENTITY_CACHE_SIZE) callers.delete(callers.keys().next().value as string);
+      callers.set(fingerprint, caller);
     }
-    return identity;
+    return caller;
   };
   return (next) => async (req) => {
     const rpc = `${req.service.typeName}/${req.method.name}`;
@@ -212,10 +216,10 @@ export function createAuthInterceptor(options: AuthOptions): Interceptor {
     if (peer === null) refusal = "no client identity: connect with a client certificate";
     else if (peer.transport === "local") caller = { kind: "local", id: `local:uid=${peer.uid ?? "unknown"}` };
     else {
-      const identity = identityOf(peer.certificate);
-      if (identity === null) {
+      caller = callerOfCertificate(peer.certificate);
+      if (caller === null) {
         refusal = `client certificate carries no mvm identity in trust domain ${options.trustDomain} (one spiffe://${options.trustDomain}/admin|coordinator|node/<id>|tenant/<id> URI SAN is required)`;
-      } else caller = callerFromIdentity(identity, options.trustDomain);
+      }
     }
     if (caller === null) {
       // Not audited: the audit log records what a known actor did, and this caller is nobody. The log has it.

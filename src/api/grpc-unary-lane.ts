@@ -57,6 +57,35 @@ const COMPRESSED_FLAG = 0x01;
 /** The abort reason of a call that completed: a plain error, since building a DOMException per call is not free. */
 const CALL_COMPLETED = new ConnectError("call completed", Code.Canceled);
 
+/**
+ * The abort signal of one call, created only when something asks for it: most unary handlers never look at their
+ * signal, and an AbortController with its signal costs more to build and settle than the rest of the call's setup.
+ */
+class LazyCallSignal {
+  private controller: AbortController | undefined;
+  private reason: unknown;
+  private ended = false;
+
+  get signal(): AbortSignal {
+    if (this.controller === undefined) {
+      this.controller = new AbortController();
+      if (this.ended) this.controller.abort(this.reason);
+    }
+    return this.controller.signal;
+  }
+
+  get aborted(): boolean {
+    return this.ended;
+  }
+
+  abort(reason: unknown): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.reason = reason;
+    this.controller?.abort(reason);
+  }
+}
+
 interface UnaryMethod {
   service: DescService;
   method: DescMethod & { methodKind: "unary" };
@@ -124,6 +153,15 @@ export function createGrpcUnaryLane(options: GrpcUnaryLaneOptions): GrpcUnaryLan
   const methods = unaryMethods(options.services);
   const readMaxBytes = options.readMaxBytes ?? DEFAULT_READ_MAX_BYTES;
   let served = 0;
+  // Calls in flight, so that shutdown can end them with one listener instead of one per call.
+  const calls = new Set<LazyCallSignal>();
+  options.shutdownSignal?.addEventListener(
+    "abort",
+    () => {
+      for (const call of calls) call.abort(new ConnectError("the agent is shutting down", Code.Unavailable));
+    },
+    { once: true },
+  );
 
   function takes(headers: http2.IncomingHttpHeaders): UnaryMethod | undefined {
     if (headers[":method"] !== "POST") return undefined;
@@ -140,7 +178,7 @@ export function createGrpcUnaryLane(options: GrpcUnaryLaneOptions): GrpcUnaryLan
     stream: http2.ServerHttp2Stream,
     headers: http2.IncomingHttpHeaders,
     body: Buffer,
-    signal: AbortController,
+    signal: LazyCallSignal,
   ) {
     const { service, method } = target;
     const contextValues = options.contextValues(stream);
@@ -174,7 +212,9 @@ export function createGrpcUnaryLane(options: GrpcUnaryLaneOptions): GrpcUnaryLan
       const context: HandlerContext = {
         service,
         method,
-        signal: request.signal,
+        get signal() {
+          return request.signal;
+        },
         timeoutMs: () => (deadline === undefined ? undefined : deadline - Date.now()),
         requestMethod: "POST",
         requestHeader: request.header,
@@ -202,7 +242,9 @@ export function createGrpcUnaryLane(options: GrpcUnaryLaneOptions): GrpcUnaryLan
       method,
       requestMethod: "POST",
       url,
-      signal: signal.signal,
+      get signal() {
+        return signal.signal;
+      },
       header,
       contextValues,
       message,
@@ -242,12 +284,11 @@ export function createGrpcUnaryLane(options: GrpcUnaryLaneOptions): GrpcUnaryLan
     const target = takes(headers);
     if (target === undefined) return false;
     served++;
-    const controller = new AbortController();
-    const onShutdown = () => controller.abort(new ConnectError("the agent is shutting down", Code.Unavailable));
-    options.shutdownSignal?.addEventListener("abort", onShutdown, { once: true });
+    const controller = new LazyCallSignal();
+    calls.add(controller);
     const done = () => {
-      options.shutdownSignal?.removeEventListener("abort", onShutdown);
-      if (!controller.signal.aborted) controller.abort(CALL_COMPLETED);
+      calls.delete(controller);
+      controller.abort(CALL_COMPLETED);
     };
     stream.once("aborted", () => controller.abort(new ConnectError("the client canceled the call", Code.Canceled)));
 
@@ -270,7 +311,7 @@ export function createGrpcUnaryLane(options: GrpcUnaryLaneOptions): GrpcUnaryLan
       const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
       invoke(target, stream, headers, body, controller).then(
         (response) => {
-          const trailer = new Headers(response.trailer);
+          const trailer = response.trailer;
           trailer.set("grpc-status", "0");
           reply(stream, response.header, trailer, envelope(toBinary(target.method.output as DescMessage, response.message as never)));
           done();

@@ -26,12 +26,20 @@ export function observeInstanceWrites(store: Store, sink: InstanceEventSink): St
     await store.deleteTenant(tenantId);
     for (const instance of gone) sink.publish({ kind: "deleted", instance: { ...instance, status: "destroyed" } });
   };
-  // Everything else goes to the wrapped store, bound to it, so its own state stays where it lives.
+  // Everything else goes to the wrapped store, bound to it, so its own state stays where it lives. Bound methods
+  // are made once: reads go through here on every RPC.
+  const bound = new Map<PropertyKey, { fn: unknown; boundFn: unknown }>();
   return new Proxy(store, {
     get(target, property) {
       if (Object.hasOwn(overrides, property)) return overrides[property as keyof Store];
       const value: unknown = Reflect.get(target, property, target);
-      return typeof value === "function" ? value.bind(target) : value;
+      if (typeof value !== "function") return value;
+      let known = bound.get(property);
+      if (known === undefined || known.fn !== value) {
+        known = { fn: value, boundFn: (value as (...args: unknown[]) => unknown).bind(target) };
+        bound.set(property, known);
+      }
+      return known.boundFn;
     },
   });
 }
