@@ -146,3 +146,53 @@ describe("the unary gRPC lane", () => {
     expect(seen.at(-1)).toBe("GetInstance:unary");
   });
 });
+
+describe("the unary gRPC lane's call signal", () => {
+  it("reaches a handler that waits on it: ended by agent shutdown (Unavailable) and by the client going away", async () => {
+    const shutdown = new AbortController();
+    const reasons: unknown[] = [];
+    let entered!: () => void;
+    const waitingImpl = {
+      getInstance(_req: unknown, context: { signal: AbortSignal }) {
+        entered();
+        return new Promise((_, reject) => {
+          context.signal.addEventListener("abort", () => {
+            reasons.push(context.signal.reason);
+            reject(context.signal.reason);
+          });
+        });
+      },
+    };
+    const waitingLane = createGrpcUnaryLane({
+      services: [{ service: InstanceService, impl: waitingImpl }],
+      interceptors: [],
+      contextValues: () => createContextValues(),
+      shutdownSignal: shutdown.signal,
+    });
+    const waitingServer = http2.createServer();
+    const open = new Set<http2.ServerHttp2Session>();
+    waitingServer.on("session", (s) => open.add(s));
+    waitingServer.on("stream", dispatchStream(waitingLane, () => undefined));
+    await new Promise<void>((r) => waitingServer.listen(0, "127.0.0.1", r));
+    try {
+      const client = createClient(InstanceService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${(waitingServer.address() as AddressInfo).port}` }));
+      let inHandler = new Promise<void>((r) => (entered = r));
+      const first = client.getInstance(ref("i-0000000c")).catch((e: unknown) => ConnectError.from(e));
+      await inHandler;
+      shutdown.abort();
+      expect((await first).code).toBe(Code.Unavailable);
+
+      inHandler = new Promise<void>((r) => (entered = r));
+      const gone = new AbortController();
+      const second = client.getInstance(ref("i-0000000d"), { signal: gone.signal }).catch(() => undefined);
+      await inHandler;
+      gone.abort();
+      await second;
+      await expect.poll(() => reasons.length).toBe(2);
+      expect((reasons[1] as ConnectError).code).toBe(Code.Canceled);
+    } finally {
+      for (const s of open) s.destroy();
+      await new Promise<void>((r) => waitingServer.close(() => r()));
+    }
+  });
+});
