@@ -180,7 +180,7 @@ describe("the unary gRPC lane's call signal", () => {
       const first = client.getInstance(ref("i-0000000c")).catch((e: unknown) => ConnectError.from(e));
       await inHandler;
       shutdown.abort();
-      expect((await first).code).toBe(Code.Unavailable);
+      expect(((await first) as ConnectError).code).toBe(Code.Unavailable);
 
       inHandler = new Promise<void>((r) => (entered = r));
       const gone = new AbortController();
