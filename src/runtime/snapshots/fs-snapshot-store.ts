@@ -4,7 +4,7 @@
 
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { createReadStream, createWriteStream } from "node:fs";
+import { createWriteStream } from "node:fs";
 import { chmod, mkdir, open, readFile, rm, stat } from "node:fs/promises";
 import os from "node:os";
 import { basename, join } from "node:path";
@@ -21,11 +21,11 @@ import type {
 import { failedPrecondition, MvmError } from "../../core/errors.js";
 import { COMPRESSIONS, type Compression } from "../../core/model.js";
 import { readJsonRecord, syncDirectory, unlinkIfPresent, writeFileAtomic } from "../store/atomic-file.js";
+import { hashFile } from "./file-hash.js";
 
 export const SNAPSHOT_META_FILE = "meta.json";
 /** Decompressed copy of a compressed memory file, made for one restore and removed after it. */
 const RESTORE_COPY = "memory.restore";
-const READ_CHUNK_BYTES = 1024 * 1024;
 
 export interface CompressionTool {
   binary: string;
@@ -68,7 +68,7 @@ export function createFsSnapshotStore(options: FsSnapshotStoreOptions = {}): Sna
 
     async seal(dir, files, info) {
       const memory = await sealFile(files.memoryFile, info.compression);
-      const state = files.stateFile === null ? null : { name: basename(files.stateFile), ...(await hashAndSize(files.stateFile)) };
+      const state = files.stateFile === null ? null : { name: basename(files.stateFile), ...(await hashFile(files.stateFile)) };
       await syncDirectory(dir);
       const meta: SnapshotMeta = {
         type: files.type,
@@ -143,7 +143,7 @@ interface SealedFile {
 async function sealFile(path: string, compression: Compression): Promise<SealedFile> {
   const uncompressedSizeBytes = (await stat(path)).size;
   if (compression === "none") {
-    const { sha256, sizeBytes } = await hashAndSize(path);
+    const { sha256, sizeBytes } = await hashFile(path);
     await fsyncFile(path);
     return { name: basename(path), sizeBytes, uncompressedSizeBytes, sha256 };
   }
@@ -182,16 +182,6 @@ async function sealFile(path: string, compression: Compression): Promise<SealedF
   return { name: basename(output), sizeBytes, uncompressedSizeBytes, sha256: hash.digest("hex") };
 }
 
-async function hashAndSize(path: string): Promise<{ sha256: string; sizeBytes: number }> {
-  const hash = createHash("sha256");
-  let sizeBytes = 0;
-  for await (const chunk of createReadStream(path, { highWaterMark: READ_CHUNK_BYTES })) {
-    hash.update(chunk as Buffer);
-    sizeBytes += (chunk as Buffer).length;
-  }
-  return { sha256: hash.digest("hex"), sizeBytes };
-}
-
 async function fsyncFile(path: string): Promise<void> {
   const handle = await open(path, "r");
   try {
@@ -208,7 +198,7 @@ async function verify(path: string, sizeBytes: number, sha256: string): Promise<
   if (found.size !== sizeBytes) {
     throw failedPrecondition(`snapshot file ${path} is corrupt: ${found.size} bytes, its meta records ${sizeBytes}`);
   }
-  const actual = await hashAndSize(path);
+  const actual = await hashFile(path);
   if (actual.sha256 !== sha256) {
     throw failedPrecondition(`snapshot file ${path} is corrupt: sha256 ${actual.sha256}, its meta records ${sha256}`);
   }
