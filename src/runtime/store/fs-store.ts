@@ -447,6 +447,9 @@ export class FsStore implements Store {
 
   /** Creates the directories along `segments` (0700), refusing any that is a symlink. */
   private async ensureDirs(segments: string[]): Promise<void> {
+    // Nearly always they exist already (every write of an existing record comes here): checking that takes a few
+    // synchronous lstats, where a mkdir and an lstat per level each take a thread-pool round trip.
+    if (await this.dirsExist(segments)) return;
     for (let i = 1; i <= segments.length; i++) {
       const rel = join(...segments.slice(0, i));
       try {
@@ -461,7 +464,9 @@ export class FsStore implements Store {
   }
 
   private async requireRecord(dirSegments: string[], file: string, what: string): Promise<void> {
-    if (!(await this.dirsExist(dirSegments)) || !(await exists(this.path(...dirSegments, file)))) throw notFound(what);
+    if (!(await this.dirsExist(dirSegments)) || lstatSync(this.path(...dirSegments, file), { throwIfNoEntry: false }) === undefined) {
+      throw notFound(what);
+    }
   }
 
   /** Renames the directory aside first, so a crash part-way through never leaves a half directory that looks live. */
