@@ -5,8 +5,8 @@
 // Limits are written when the group is made, before any process joins: a VMM must never run unconstrained, and
 // v1 refuses to lower a memory limit below what is already in use.
 
-import { existsSync } from "node:fs";
-import { mkdir, readdir, readFile, realpath, rmdir, stat, unlink, writeFile } from "node:fs/promises";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { readdir, readFile, realpath, rmdir, stat, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { CgroupKey, CgroupLimits, CgroupUsage, Cgroups } from "../../core/data-plane-ports.js";
@@ -58,9 +58,13 @@ function ioError(action: string, path: string, e: unknown): MvmError {
   return new MvmError("unavailable", `${action} ${path}: ${why}`, [], { cause: e });
 }
 
+// Reads, writes and mkdirs in the cgroup file system are synchronous: they are kernel bookkeeping that never touches
+// a disk and returns in microseconds, while each asynchronous call waits its turn in the thread pool behind whatever
+// else a start or wake is doing at the same time (network, disks, the snapshot hash): ~30 ms for one ensure.
+
 async function readText(path: string): Promise<string> {
   try {
-    return await readFile(path, "utf8");
+    return readFileSync(path, "utf8");
   } catch (e) {
     throw ioError("reading", path, e);
   }
@@ -68,7 +72,7 @@ async function readText(path: string): Promise<string> {
 
 async function writeText(path: string, value: string): Promise<void> {
   try {
-    await writeFile(path, value);
+    writeFileSync(path, value);
   } catch (e) {
     const hint = errorCode(e) === "EBUSY" ? " (a memory limit below current usage is refused)" : "";
     throw new MvmError("unavailable", `writing "${value}" to ${path}: ${e instanceof Error ? e.message : String(e)}${hint}`, [], { cause: e });
@@ -157,7 +161,7 @@ async function pruneParent(dir: string): Promise<void> {
 
 async function makeDirectory(path: string): Promise<void> {
   try {
-    await mkdir(path, { recursive: true });
+    mkdirSync(path, { recursive: true });
   } catch (e) {
     throw ioError("creating", path, e);
   }
