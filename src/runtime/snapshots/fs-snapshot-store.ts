@@ -3,11 +3,11 @@
 // and atomically, so a directory without it is a torn snapshot that is never restored.
 
 import { spawn } from "node:child_process";
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { createWriteStream } from "node:fs";
-import { chmod, mkdir, open, readFile, rm, stat } from "node:fs/promises";
+import { chmod, mkdir, open, readdir, readFile, rename, rm, stat } from "node:fs/promises";
 import os from "node:os";
-import { basename, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type {
@@ -21,6 +21,7 @@ import type {
 import { failedPrecondition, MvmError } from "../../core/errors.js";
 import { COMPRESSIONS, type Compression } from "../../core/model.js";
 import { readJsonRecord, syncDirectory, unlinkIfPresent, writeFileAtomic } from "../store/atomic-file.js";
+import { errnoCode } from "../store/process-identity.js";
 import { hashFile } from "./file-hash.js";
 
 export const SNAPSHOT_META_FILE = "meta.json";
@@ -57,6 +58,7 @@ export function createFsSnapshotStore(options: FsSnapshotStoreOptions = {}): Sna
   return {
     async create(dir) {
       await rm(dir, { recursive: true, force: true });
+      await removeSetAside(dir);
       await mkdir(dir, { recursive: true, mode: 0o700 });
       await chmod(dir, 0o700);
     },
@@ -120,10 +122,34 @@ export function createFsSnapshotStore(options: FsSnapshotStoreOptions = {}): Sna
       return { files: files(copy), release: () => unlinkIfPresent(copy) };
     },
 
+    /**
+     * The directory is gone from its place at once (renamed aside); its files, as large as the guest's memory, are
+     * deleted after the caller goes on, since unlinking them costs a wake ~15 ms. A process that exits first leaves
+     * the set-aside directory, which the next create or remove of the same snapshot deletes.
+     */
     async remove(dir) {
-      await rm(dir, { recursive: true, force: true });
+      const aside = setAsideName(dir);
+      try {
+        await rename(dir, aside);
+      } catch (e) {
+        if (errnoCode(e) !== "ENOENT") throw e;
+      }
+      void removeSetAside(dir).catch(() => undefined);
     },
   };
+}
+
+const SET_ASIDE_MARK = ".removing-";
+
+function setAsideName(dir: string): string {
+  return join(dirname(dir), `.${basename(dir)}${SET_ASIDE_MARK}${randomBytes(6).toString("hex")}`);
+}
+
+/** Deletes every set-aside copy of the snapshot directory `dir`. */
+async function removeSetAside(dir: string): Promise<void> {
+  const prefix = `.${basename(dir)}${SET_ASIDE_MARK}`;
+  const names = await readdir(dirname(dir)).catch(() => [] as string[]);
+  await Promise.all(names.filter((n) => n.startsWith(prefix)).map((n) => rm(join(dirname(dir), n), { recursive: true, force: true })));
 }
 
 async function readCpuModel(path: string): Promise<string> {

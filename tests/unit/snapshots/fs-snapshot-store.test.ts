@@ -2,7 +2,7 @@
 
 import { createHash, randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -77,6 +77,19 @@ describe("snapshot directory", () => {
     await store.remove(dir);
     expect(existsSync(dir)).toBe(false);
     expect(await store.readMeta(dir)).toBeNull();
+  });
+
+  it("removes at once from the snapshot's place and deletes the set-aside files soon after; create sweeps leftovers", async () => {
+    await writeFile(join(dir, "memory.mig"), Buffer.alloc(1024 * 1024));
+    await store.remove(dir);
+    expect(existsSync(dir)).toBe(false);
+    await expect.poll(async () => (await readdir(root)).filter((n) => n.includes("removing"))).toEqual([]);
+
+    // What a process that exited before its background delete finished would leave.
+    await mkdir(join(root, ".snapshot.removing-0123456789ab"));
+    await writeFile(join(root, ".snapshot.removing-0123456789ab", "memory.mig"), "x");
+    await store.create(dir);
+    expect(await readdir(root)).toEqual(["snapshot"]);
   });
 
   it("refuses a meta file that names a path outside the directory", async () => {
