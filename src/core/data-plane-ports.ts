@@ -129,6 +129,12 @@ export interface SnapshotMeta {
   uncompressedSizeBytes: number;
   /** Lowercase hex SHA-256 of the memory file as stored. */
   sha256: string;
+  /**
+   * SHA-256 of each `memoryChunkBytes` chunk of the memory file as stored, so that a wake can check it on several
+   * cores at once. Absent in snapshots written before they were recorded (the whole-file digest is checked then).
+   */
+  memoryChunkBytes?: number;
+  memoryChunkSha256s?: string[];
   /** Lowercase hex SHA-256 of the state file; empty when there is none. */
   stateSha256: string;
   createdAt: Timestamp;

@@ -1,36 +1,61 @@
-// SHA-256 of a whole file on a worker thread. A wake must check its snapshot's hash before the VMM starts, and does
-// so side by side with preparing the network, cgroup and disks; hashing tens of MiB on the main thread (or through
-// the thread pool in small reads, each a round trip back to it) competes with exactly that work, while a worker
-// reading large blocks synchronously keeps a core busy on the hash alone. The worker is started once and kept,
-// unreferenced, so a hash costs no thread start-up.
+// SHA-256 of files on worker threads. A wake must check its snapshot before the VMM starts, side by side with
+// preparing the network, cgroup and disks; hashing tens of MiB on the main thread (or through the thread pool in small
+// reads, each a round trip back to it) competes with exactly that work. Workers read large blocks synchronously and
+// keep their cores on the hash alone; they are started once and kept, unreferenced, so a hash costs no thread start.
+//
+// Besides the digest of the whole file, a pass records the digest of every `chunkBytes` chunk. The whole-file
+// digest is inherently sequential; the chunk digests can be checked by several workers at once, and together they
+// vouch for every byte just as well.
 
+import os from "node:os";
 import { Worker } from "node:worker_threads";
 
 export interface FileDigest {
   sha256: string;
   sizeBytes: number;
+  /** SHA-256 of each `chunkBytes` chunk, in order (the last may be shorter; none for an empty file). */
+  chunkSha256s: string[];
 }
 
+/** Chunk size of the digests recorded for snapshots: a few chunks for a small guest, enough to share among cores. */
+export const HASH_CHUNK_BYTES = 16 * 1024 * 1024;
+
 // Plain JavaScript run with `eval`, so the same code works from the compiled program and from the TypeScript tests.
+// A request hashes the file from `start` (a multiple of chunkBytes) up to `end` (exclusive; -1: end of file).
 const WORKER_SOURCE = `
 const { parentPort } = require("node:worker_threads");
 const { createHash } = require("node:crypto");
 const { openSync, readSync, closeSync } = require("node:fs");
 const BLOCK = 4 * 1024 * 1024;
 const buffer = Buffer.allocUnsafe(BLOCK);
-parentPort.on("message", ({ id, path }) => {
+parentPort.on("message", ({ id, path, start, end, chunkBytes, whole }) => {
   let fd = -1;
   try {
     fd = openSync(path, "r");
-    const hash = createHash("sha256");
-    let sizeBytes = 0;
+    const all = whole ? createHash("sha256") : null;
+    const chunks = [];
+    let chunk = createHash("sha256");
+    let inChunk = 0;
+    let position = start;
     for (;;) {
-      const got = readSync(fd, buffer, 0, BLOCK, null);
+      let want = Math.min(BLOCK, chunkBytes - inChunk);
+      if (end >= 0) want = Math.min(want, end - position);
+      if (want <= 0) break;
+      const got = readSync(fd, buffer, 0, want, position);
       if (got === 0) break;
-      hash.update(buffer.subarray(0, got));
-      sizeBytes += got;
+      const bytes = buffer.subarray(0, got);
+      if (all) all.update(bytes);
+      chunk.update(bytes);
+      inChunk += got;
+      position += got;
+      if (inChunk === chunkBytes) {
+        chunks.push(chunk.digest("hex"));
+        chunk = createHash("sha256");
+        inChunk = 0;
+      }
     }
-    parentPort.postMessage({ id, sha256: hash.digest("hex"), sizeBytes });
+    if (inChunk > 0) chunks.push(chunk.digest("hex"));
+    parentPort.postMessage({ id, sha256: all ? all.digest("hex") : "", sizeBytes: position - start, chunkSha256s: chunks });
   } catch (e) {
     parentPort.postMessage({ id, error: { message: e.message, code: e.code } });
   } finally {
@@ -39,52 +64,78 @@ parentPort.on("message", ({ id, path }) => {
 });
 `;
 
+interface HashRequest {
+  path: string;
+  start: number;
+  end: number;
+  chunkBytes: number;
+  whole: boolean;
+}
+
+type WorkerReply =
+  | { id: number; sha256: string; sizeBytes: number; chunkSha256s: string[] }
+  | { id: number; error: { message: string; code?: string } };
+
 interface Pending {
   resolve(digest: FileDigest): void;
   reject(error: Error): void;
 }
 
-type WorkerReply = { id: number; sha256: string; sizeBytes: number } | { id: number; error: { message: string; code?: string } };
+interface HashWorker {
+  thread: Worker;
+  pending: Map<number, Pending>;
+}
 
-let worker: Worker | null = null;
+const POOL_SIZE = Math.max(1, Math.min(4, os.availableParallelism()));
+const pool: HashWorker[] = [];
 let nextId = 1;
-const pending = new Map<number, Pending>();
 
-function hashWorker(): Worker {
-  if (worker !== null) return worker;
-  const started = new Worker(WORKER_SOURCE, { eval: true });
-  started.unref();
-  started.on("message", (reply: WorkerReply) => {
-    const waiter = pending.get(reply.id);
+function startWorker(): HashWorker {
+  // No inherited node flags: the source is CommonJS, which --input-type=module or a loader would take for something else.
+  const worker: HashWorker = { thread: new Worker(WORKER_SOURCE, { eval: true, execArgv: [] }), pending: new Map() };
+  worker.thread.on("message", (reply: WorkerReply) => {
+    const waiter = worker.pending.get(reply.id);
     if (waiter === undefined) return;
-    pending.delete(reply.id);
+    worker.pending.delete(reply.id);
     if ("error" in reply) waiter.reject(Object.assign(new Error(reply.error.message), { code: reply.error.code }));
-    else waiter.resolve({ sha256: reply.sha256, sizeBytes: reply.sizeBytes });
+    else waiter.resolve({ sha256: reply.sha256, sizeBytes: reply.sizeBytes, chunkSha256s: reply.chunkSha256s });
   });
   const fail = (error: Error) => {
-    if (worker === started) worker = null;
-    for (const [id, waiter] of pending) {
-      pending.delete(id);
+    const at = pool.indexOf(worker);
+    if (at >= 0) pool.splice(at, 1);
+    for (const [id, waiter] of worker.pending) {
+      worker.pending.delete(id);
       waiter.reject(error);
     }
   };
-  started.on("error", fail);
-  started.on("exit", (code) => fail(new Error(`the file hashing thread exited with code ${code}`)));
-  worker = started;
-  return started;
+  worker.thread.on("error", fail);
+  worker.thread.on("exit", (code) => fail(new Error(`a file hashing thread exited with code ${code}`)));
+  // After the listeners: adding a "message" listener refs the thread again.
+  worker.thread.unref();
+  return worker;
 }
 
-/** SHA-256 (hex) and size of the file at `path`, computed off the main thread. Errors keep their `code` (ENOENT). */
-export function hashFile(path: string): Promise<FileDigest> {
-  const target = hashWorker();
+/**
+ * An idle worker, else the least busy. The whole pool is started on first use: a sleep hashes with one worker, and
+ * the wake that follows finds every worker it shares chunks among already running (a start costs ~20 ms).
+ */
+function leastBusyWorker(): HashWorker {
+  while (pool.length < POOL_SIZE) pool.push(startWorker());
+  const idle = pool.find((w) => w.pending.size === 0);
+  if (idle !== undefined) return idle;
+  return pool.reduce((a, b) => (b.pending.size < a.pending.size ? b : a));
+}
+
+function run(request: HashRequest): Promise<FileDigest> {
+  const worker = leastBusyWorker();
   const id = nextId++;
-  // While a hash is in flight the thread keeps the process alive for its answer; idle, it must not.
-  target.ref();
+  // While a hash is in flight its thread keeps the process alive for the answer; idle, it must not.
+  worker.thread.ref();
   const settled = () => {
-    if (pending.size === 0) target.unref();
+    if (worker.pending.size === 0) worker.thread.unref();
   };
   return new Promise<FileDigest>((resolve, reject) => {
-    pending.set(id, {
+    worker.pending.set(id, {
       resolve: (digest) => {
         settled();
         resolve(digest);
@@ -94,6 +145,28 @@ export function hashFile(path: string): Promise<FileDigest> {
         reject(error);
       },
     });
-    target.postMessage({ id, path });
+    worker.thread.postMessage({ id, ...request });
   });
+}
+
+/** Whole-file SHA-256, size and chunk digests in one pass. Errors keep their `code` (ENOENT). */
+export function hashFile(path: string, chunkBytes: number = HASH_CHUNK_BYTES): Promise<FileDigest> {
+  return run({ path, start: 0, end: -1, chunkBytes, whole: true });
+}
+
+/**
+ * The chunk digests of the first `sizeBytes` bytes of `path`, computed by several workers at once (contiguous runs
+ * of chunks each), in order.
+ */
+export async function hashChunks(path: string, chunkBytes: number, sizeBytes: number): Promise<string[]> {
+  const chunkCount = Math.ceil(sizeBytes / chunkBytes);
+  const parts = Math.max(1, Math.min(POOL_SIZE, chunkCount));
+  const perPart = Math.ceil(chunkCount / parts);
+  const runs: Promise<FileDigest>[] = [];
+  for (let first = 0; first < chunkCount; first += perPart) {
+    const start = first * chunkBytes;
+    const end = Math.min(sizeBytes, (first + perPart) * chunkBytes);
+    runs.push(run({ path, start, end, chunkBytes, whole: false }));
+  }
+  return (await Promise.all(runs)).flatMap((digest) => digest.chunkSha256s);
 }

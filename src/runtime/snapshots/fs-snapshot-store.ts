@@ -3,12 +3,11 @@
 // and atomically, so a directory without it is a torn snapshot that is never restored.
 
 import { spawn } from "node:child_process";
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { createWriteStream } from "node:fs";
 import { chmod, mkdir, open, readdir, readFile, rename, rm, stat } from "node:fs/promises";
 import os from "node:os";
 import { basename, dirname, join } from "node:path";
-import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type {
   HostCompatibility,
@@ -22,7 +21,7 @@ import { failedPrecondition, MvmError } from "../../core/errors.js";
 import { COMPRESSIONS, type Compression } from "../../core/model.js";
 import { readJsonRecord, syncDirectory, unlinkIfPresent, writeFileAtomic } from "../store/atomic-file.js";
 import { errnoCode } from "../store/process-identity.js";
-import { hashFile } from "./file-hash.js";
+import { HASH_CHUNK_BYTES, hashChunks, hashFile } from "./file-hash.js";
 
 export const SNAPSHOT_META_FILE = "meta.json";
 /** Decompressed copy of a compressed memory file, made for one restore and removed after it. */
@@ -58,7 +57,8 @@ export function createFsSnapshotStore(options: FsSnapshotStoreOptions = {}): Sna
   return {
     async create(dir) {
       await rm(dir, { recursive: true, force: true });
-      await removeSetAside(dir);
+      // Another remover (a wake's background delete) may be at the same files: whatever stays is deleted next time.
+      await removeSetAside(dir).catch(() => undefined);
       await mkdir(dir, { recursive: true, mode: 0o700 });
       await chmod(dir, 0o700);
     },
@@ -85,6 +85,8 @@ export function createFsSnapshotStore(options: FsSnapshotStoreOptions = {}): Sna
         stateSizeBytes: state?.sizeBytes ?? 0,
         uncompressedSizeBytes: memory.uncompressedSizeBytes,
         sha256: memory.sha256,
+        memoryChunkBytes: memory.chunkBytes,
+        memoryChunkSha256s: memory.chunkSha256s,
         stateSha256: state?.sha256 ?? "",
         createdAt: info.createdAt,
         host: info.host,
@@ -105,9 +107,13 @@ export function createFsSnapshotStore(options: FsSnapshotStoreOptions = {}): Sna
 
     async open(dir, meta): Promise<OpenedSnapshot> {
       const memoryPath = join(dir, meta.memoryFile);
-      await verify(memoryPath, meta.memorySizeBytes, meta.sha256);
+      const chunks =
+        meta.memoryChunkBytes !== undefined && meta.memoryChunkSha256s !== undefined
+          ? { chunkBytes: meta.memoryChunkBytes, sha256s: meta.memoryChunkSha256s }
+          : null;
+      await verify(memoryPath, meta.memorySizeBytes, meta.sha256, chunks);
       const statePath = meta.stateFile === null ? null : join(dir, meta.stateFile);
-      if (statePath !== null) await verify(statePath, meta.stateSizeBytes, meta.stateSha256);
+      if (statePath !== null) await verify(statePath, meta.stateSizeBytes, meta.stateSha256, null);
       const files = (memoryFile: string): VmSnapshotFiles => ({ type: meta.type, memoryFile, stateFile: statePath, baseMemoryFile: null });
       if (meta.compression === "none") return { files: files(memoryPath), release: async () => {} };
       const copy = join(dir, RESTORE_COPY);
@@ -163,20 +169,20 @@ interface SealedFile {
   sizeBytes: number;
   uncompressedSizeBytes: number;
   sha256: string;
+  chunkBytes: number;
+  chunkSha256s: string[];
 }
 
-/** Compresses `path` in place (the original is removed) when asked; hashes what is stored in the same pass. */
+/** Compresses `path` in place (the original is removed) when asked, then hashes what is stored. */
 async function sealFile(path: string, compression: Compression): Promise<SealedFile> {
   const uncompressedSizeBytes = (await stat(path)).size;
   if (compression === "none") {
-    const { sha256, sizeBytes } = await hashFile(path);
+    const digest = await hashFile(path, HASH_CHUNK_BYTES);
     await fsyncFile(path);
-    return { name: basename(path), sizeBytes, uncompressedSizeBytes, sha256 };
+    return { name: basename(path), uncompressedSizeBytes, chunkBytes: HASH_CHUNK_BYTES, ...digest };
   }
   const tool = COMPRESSION_TOOLS[compression];
   const output = `${path}.${tool.extension}`;
-  const hash = createHash("sha256");
-  let sizeBytes = 0;
   const child = spawn(tool.binary, [...tool.compress, path], { stdio: ["ignore", "pipe", "pipe"], timeout: TOOL_TIMEOUT_MS, killSignal: "SIGKILL" });
   let stderr = "";
   child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
@@ -185,17 +191,7 @@ async function sealFile(path: string, compression: Compression): Promise<SealedF
     child.once("close", (code, signal) => (signal === null ? resolve(code ?? -1) : reject(new Error(toolEndedBy(tool.binary, signal)))));
   });
   try {
-    await pipeline(
-      child.stdout,
-      new Transform({
-        transform(chunk: Buffer, _encoding, done) {
-          hash.update(chunk);
-          sizeBytes += chunk.length;
-          done(null, chunk);
-        },
-      }),
-      createWriteStream(output, { mode: 0o600 }),
-    );
+    await pipeline(child.stdout, createWriteStream(output, { mode: 0o600 }));
     const code = await exited;
     if (code !== 0) throw new Error(`${tool.binary} exited ${code}: ${stderr.trim()}`);
     await fsyncFile(output);
@@ -205,7 +201,9 @@ async function sealFile(path: string, compression: Compression): Promise<SealedF
     throw new MvmError("unavailable", `compressing snapshot ${path} with ${tool.binary}: ${(e as Error).message}`, [], { cause: e });
   }
   await unlinkIfPresent(path);
-  return { name: basename(output), sizeBytes, uncompressedSizeBytes, sha256: hash.digest("hex") };
+  // Read back from the page cache on a worker, with the chunk digests a single pass over the pipe could not share out.
+  const digest = await hashFile(output, HASH_CHUNK_BYTES);
+  return { name: basename(output), uncompressedSizeBytes, chunkBytes: HASH_CHUNK_BYTES, ...digest };
 }
 
 async function fsyncFile(path: string): Promise<void> {
@@ -217,12 +215,27 @@ async function fsyncFile(path: string): Promise<void> {
   }
 }
 
-/** The stored file must be exactly what was sealed: same size and SHA-256. */
-async function verify(path: string, sizeBytes: number, sha256: string): Promise<void> {
+/**
+ * The stored file must be exactly what was sealed: same size and SHA-256 — checked chunk by chunk on several cores
+ * when the meta records chunk digests, else as one digest.
+ */
+async function verify(path: string, sizeBytes: number, sha256: string, chunks: { chunkBytes: number; sha256s: string[] } | null): Promise<void> {
   const found = await stat(path).catch(() => null);
   if (found === null) throw failedPrecondition(`snapshot file ${path} is missing`);
   if (found.size !== sizeBytes) {
     throw failedPrecondition(`snapshot file ${path} is corrupt: ${found.size} bytes, its meta records ${sizeBytes}`);
+  }
+  if (chunks !== null) {
+    const actual = await hashChunks(path, chunks.chunkBytes, sizeBytes);
+    const bad = actual.findIndex((digest, i) => digest !== chunks.sha256s[i]);
+    if (bad >= 0) {
+      const from = bad * chunks.chunkBytes;
+      const to = Math.min(sizeBytes, from + chunks.chunkBytes);
+      throw failedPrecondition(
+        `snapshot file ${path} is corrupt: sha256 of bytes ${from}-${to} is ${actual[bad]}, its meta records ${chunks.sha256s[bad]}`,
+      );
+    }
+    return;
   }
   const actual = await hashFile(path);
   if (actual.sha256 !== sha256) {
@@ -275,6 +288,21 @@ export function metaProblems(value: unknown): string[] {
     need(field, Number.isSafeInteger(m[field]) && (m[field] as number) >= 0, "must be a non-negative integer");
   }
   for (const field of ["revision", "hypervisorVersion", "createdAt", "stateSha256"]) need(field, typeof m[field] === "string", "must be a string");
+  const chunked = m.memoryChunkBytes !== undefined || m.memoryChunkSha256s !== undefined;
+  if (chunked) {
+    const chunkBytes = m.memoryChunkBytes;
+    need("memoryChunkBytes", Number.isSafeInteger(chunkBytes) && (chunkBytes as number) > 0, "must be a positive integer when chunk digests are recorded");
+    const expectedChunks = Number.isSafeInteger(chunkBytes) && (chunkBytes as number) > 0 && Number.isSafeInteger(m.memorySizeBytes)
+      ? Math.ceil((m.memorySizeBytes as number) / (chunkBytes as number))
+      : -1;
+    need(
+      "memoryChunkSha256s",
+      Array.isArray(m.memoryChunkSha256s) &&
+        m.memoryChunkSha256s.every((d) => typeof d === "string" && HEX64.test(d)) &&
+        m.memoryChunkSha256s.length === expectedChunks,
+      "must list one 64-hex-digit digest per memoryChunkBytes chunk of the memory file",
+    );
+  }
   const host = m.host as Record<string, unknown> | undefined;
   need("host", typeof host === "object" && host !== null && ["cpuModel", "hostKernel", "vmmVersion"].every((k) => typeof host[k] === "string"), "must hold cpuModel, hostKernel and vmmVersion");
   return problems;

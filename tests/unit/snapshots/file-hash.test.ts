@@ -2,8 +2,11 @@ import { createHash, randomBytes } from "node:crypto";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { spawnSync } from "node:child_process";
+import { pathToFileURL } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { hashFile } from "../../../src/runtime/snapshots/file-hash.js";
+import { REPO_ROOT } from "../../helpers/mvm-cli.js";
+import { hashChunks, hashFile } from "../../../src/runtime/snapshots/file-hash.js";
 
 let dir: string;
 beforeAll(async () => {
@@ -26,12 +29,42 @@ describe("hashFile", () => {
       }),
     );
     const digests = await Promise.all(files.map((f) => hashFile(f.path)));
-    expect(digests).toEqual(files.map((f) => ({ sha256: f.sha256, sizeBytes: f.size })));
+    expect(digests.map((d) => ({ sha256: d.sha256, sizeBytes: d.sizeBytes }))).toEqual(files.map((f) => ({ sha256: f.sha256, sizeBytes: f.size })));
+  });
+
+  it("records a digest per chunk, and several workers check chunks to the same digests", async () => {
+    const chunkBytes = 1024 * 1024;
+    // 5.5 chunks: the last one short, more chunks than workers so some take several.
+    const bytes = randomBytes(5 * chunkBytes + chunkBytes / 2);
+    const path = join(dir, "chunked");
+    await writeFile(path, bytes);
+    const expected = [];
+    for (let at = 0; at < bytes.length; at += chunkBytes) {
+      expected.push(createHash("sha256").update(bytes.subarray(at, at + chunkBytes)).digest("hex"));
+    }
+    const whole = await hashFile(path, chunkBytes);
+    expect(whole.chunkSha256s).toEqual(expected);
+    expect(whole.sha256).toBe(createHash("sha256").update(bytes).digest("hex"));
+    expect(await hashChunks(path, chunkBytes, bytes.length)).toEqual(expected);
+    // Only the bytes asked for: a file grown since is checked as it was.
+    await writeFile(path, Buffer.concat([bytes, Buffer.from("appended")]));
+    expect(await hashChunks(path, chunkBytes, bytes.length)).toEqual(expected);
+    expect(await hashChunks(join(dir, "chunked"), chunkBytes, 0)).toEqual([]);
   });
 
   it("fails with the file's error code, and goes on working afterwards", async () => {
     await expect(hashFile(join(dir, "absent"))).rejects.toMatchObject({ code: "ENOENT" });
     await writeFile(join(dir, "after"), "x");
     expect((await hashFile(join(dir, "after"))).sizeBytes).toBe(1);
+  });
+
+  it("lets a process that hashed exit on its own: idle hashing threads, used or not, hold nothing open", () => {
+    const module = pathToFileURL(join(REPO_ROOT, "dist/src/runtime/snapshots/file-hash.js")).href;
+    const path = join(dir, "exit-check");
+    spawnSync("sh", ["-c", `head -c 100000 /dev/urandom > ${path}`]);
+    const script = `const m = await import(${JSON.stringify(module)}); const d = await m.hashFile(${JSON.stringify(path)}); console.log("hashed", d.sizeBytes);`;
+    const run = spawnSync(process.execPath, ["--input-type=module", "-e", script], { encoding: "utf8", timeout: 20_000 });
+    expect(run.stdout.trim(), run.stderr).toBe("hashed 100000");
+    expect(run.status, "the process did not exit by itself").toBe(0);
   });
 });

@@ -70,6 +70,41 @@ describe.each(["none", "lz4", "zstd"] as const)("compression %s", (compression) 
   });
 });
 
+describe("chunk digests", () => {
+  async function sealedWithChunks(chunkBytes: number) {
+    await writeFile(join(dir, "memory.mig"), memoryContent());
+    const sealed = await store.seal(dir, { type: "full", memoryFile: join(dir, "memory.mig"), stateFile: null, baseMemoryFile: null }, await info("none"));
+    const bytes = await readFile(join(dir, sealed.memoryFile));
+    const sha256s = [];
+    for (let at = 0; at < bytes.length; at += chunkBytes) sha256s.push(createHash("sha256").update(bytes.subarray(at, at + chunkBytes)).digest("hex"));
+    return { meta: { ...sealed, memoryChunkBytes: chunkBytes, memoryChunkSha256s: sha256s }, bytes, path: join(dir, sealed.memoryFile) };
+  }
+
+  it("are recorded at seal time, one per chunk of the stored file", async () => {
+    const { meta } = await sealedWithChunks(256 * 1024);
+    const stored = await store.readMeta(dir);
+    expect(stored?.memoryChunkSha256s).toHaveLength(Math.ceil(meta.memorySizeBytes / (stored?.memoryChunkBytes ?? 1)));
+    expect(metaProblems({ ...stored, memoryChunkSha256s: ["not hex"] })).toEqual([expect.stringMatching(/^memoryChunkSha256s must list/)]);
+    expect(metaProblems({ ...stored, memoryChunkBytes: 0 })).toContainEqual(expect.stringMatching(/^memoryChunkBytes must be a positive integer/));
+  });
+
+  it("are checked chunk by chunk, naming the bytes of a bad chunk; a meta without them is checked as a whole", async () => {
+    const chunkBytes = 256 * 1024;
+    const { meta, bytes, path } = await sealedWithChunks(chunkBytes);
+    expect(meta.memoryChunkSha256s.length).toBeGreaterThan(3);
+    const opened = await store.open(dir, meta);
+    await opened.release();
+
+    const at = bytes.length - 10; // in the last, short chunk
+    bytes[at] = bytes[at]! ^ 0x01;
+    await writeFile(path, bytes);
+    const last = meta.memoryChunkSha256s.length - 1;
+    await expect(store.open(dir, meta)).rejects.toThrow(new RegExp(`is corrupt: sha256 of bytes ${last * chunkBytes}-${bytes.length} is [0-9a-f]{64}, its meta records ${meta.memoryChunkSha256s[last]}`));
+    const { memoryChunkBytes: _b, memoryChunkSha256s: _s, ...withoutChunks } = meta;
+    await expect(store.open(dir, withoutChunks)).rejects.toThrow(/is corrupt: sha256 [0-9a-f]{64}, its meta records/);
+  });
+});
+
 describe("snapshot directory", () => {
   it("reads no meta from an empty or missing directory and removes idempotently", async () => {
     expect(await store.readMeta(dir)).toBeNull();
