@@ -12,15 +12,15 @@ import { errnoCode, isPidRunning } from "./process-identity.js";
 export interface WriteFileAtomicOptions {
   /** Permission bits of the file, applied exactly (not filtered by the umask). Default 0o600. */
   mode?: number;
-}
-
-export interface CreateFileExclusiveOptions extends WriteFileAtomicOptions {
   /**
-   * Whether the new file must survive a power loss (fsync of file and directory). Default true. Files that mean
-   * nothing after a reboot, such as lock files, skip the cost.
+   * Whether the write must survive a crash of the machine (fsync of the file and of its directory). Default true.
+   * Still atomic without: readers never see a torn file, only possibly the previous one after a power loss.
    */
   durable?: boolean;
 }
+
+/** `durable: false` suits files that mean nothing after a reboot, such as lock files. */
+export type CreateFileExclusiveOptions = WriteFileAtomicOptions;
 
 const DEFAULT_MODE = 0o600;
 
@@ -43,22 +43,24 @@ export function parseTempName(name: string): { target: string; pid: number } | n
 }
 
 /**
- * Replaces `path` with `data`: temp file in the same directory, fsync, rename over the target, fsync the directory.
- * The temp file is removed on failure. A symlink at `path` is replaced, never followed.
+ * Replaces `path` with `data`: temp file in the same directory, fsync, rename over the target, fsync the directory
+ * (the fsyncs only when `durable`, the default). The temp file is removed on failure. A symlink at `path` is
+ * replaced, never followed.
  */
 export async function writeFileAtomic(
   path: string,
   data: string | Uint8Array,
   options: WriteFileAtomicOptions = {},
 ): Promise<void> {
-  const temp = await writeTemp(path, data, options.mode ?? DEFAULT_MODE, true);
+  const durable = options.durable ?? true;
+  const temp = await writeTemp(path, data, options.mode ?? DEFAULT_MODE, durable);
   try {
     await rename(temp, path);
   } catch (e) {
     await unlinkIfPresent(temp);
     throw e;
   }
-  await syncDirectory(dirname(path));
+  if (durable) await syncDirectory(dirname(path));
 }
 
 /**

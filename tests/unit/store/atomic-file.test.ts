@@ -20,11 +20,14 @@ afterEach(async () => {
 });
 
 describe("writeFileAtomic", () => {
-  it("replaces the content and leaves only the target in the directory", async () => {
+  it.each([true, false])("replaces the content and leaves only the target in the directory (durable %s)", async (durable) => {
     const target = join(dir, "r.json");
-    await writeFileAtomic(target, "one");
-    await writeFileAtomic(target, "two");
+    await writeFileAtomic(target, "one", { durable });
+    const before = (await stat(target)).ino;
+    await writeFileAtomic(target, "two", { durable });
     expect(await readFile(target, "utf8")).toBe("two");
+    // Replaced by rename, never rewritten in place: a reader holding the old file still has all of "one".
+    expect((await stat(target)).ino).not.toBe(before);
     expect(await readdir(dir)).toEqual(["r.json"]);
   });
 
