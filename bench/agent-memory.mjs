@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // Resident memory of the node agent (ISSUE 5): with 1000 instance records and 10 watchers, RSS <= 150 MB.
 //
-// The agent runs as it does in production, in its own process: `node dist/src/cli/main.js agent serve` on a data
-// root prepared here, certificates from `mvm agent certs init` and `mvm agent certs issue --identity admin`, the
+// The agent runs as it does in production, in its own process: `bin/mvm agent serve` executed directly (so with the
+// V8 flags of its #! line, as an operator's `mvm` or a service unit runs it) on a data root prepared here, certificates from `mvm agent certs init` and `mvm agent certs issue --identity admin`, the
 // mTLS API on 127.0.0.1 (port chosen by the kernel), no local socket, no metrics endpoint. Its RSS is read from
 // /proc/<pid>/status (VmRSS now, VmHWM the peak so far). In the same run, an idle agent on an empty data root gives
 // the baseline. No VM is booted: the records are written through the use cases and the store.
@@ -30,6 +30,7 @@ const DEADLINE_MS = 110_000;
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const dist = (path) => pathToFileURL(join(root, "dist", path)).href;
 const cliMain = join(root, "dist/src/cli/main.js");
+const mvmProgram = join(root, "bin/mvm");
 const run = promisify(execFile);
 
 const { values: flags } = parseArgs({ options: { check: { type: "boolean", default: false } } });
@@ -69,8 +70,8 @@ async function prepareCerts(dataRoot) {
 /** Starts `mvm agent serve` and resolves once it says where it listens. */
 function startAgent(dataRoot, children) {
   const child = spawn(
-    process.execPath,
-    [cliMain, "--data-dir", dataRoot, "agent", "serve", "--listen", "127.0.0.1:0", "--socket", "none", "--metrics-listen", "none"],
+    mvmProgram,
+    ["--data-dir", dataRoot, "agent", "serve", "--listen", "127.0.0.1:0", "--socket", "none", "--metrics-listen", "none"],
     { env: agentEnv(), stdio: ["ignore", "pipe", "pipe"] },
   );
   children.add(child);
