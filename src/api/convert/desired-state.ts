@@ -119,6 +119,15 @@ const TRIGGERS: Record<ReconcileTrigger, ProtoReconcileTrigger> = {
   event: ProtoReconcileTrigger.EVENT,
 };
 
+const STEP_KINDS_BY_ACTION = new Map<ReconcileActionKind, StepKind>(
+  (Object.entries(ACTION_KINDS) as [StepKind, ReconcileActionKind][]).map(([step, action]) => [action, step]),
+);
+
+/** The step kind of a plan action as an agent sent it; null for a kind this build does not know. */
+export function stepKindFromProto(kind: ReconcileActionKind): StepKind | null {
+  return STEP_KINDS_BY_ACTION.get(kind) ?? null;
+}
+
 export function targetToProto(t: StepTarget): ResourceRef {
   if (t.instanceId !== undefined) {
     return create(ResourceRefSchema, { ref: { case: "instance", value: { tenantId: t.tenantId, poolId: t.poolId ?? "", instanceId: t.instanceId } } });

@@ -9,6 +9,10 @@ import { stringify as toYaml } from "yaml";
 import { invalid, MvmError, type FieldViolation } from "../../core/errors.js";
 import type { Instance } from "../../core/model.js";
 import { instanceStatusToProto } from "../../api/convert/enums.js";
+import { resourceRefToTarget } from "../../api/convert/audit.js";
+import { stepKindFromProto } from "../../api/convert/desired-state.js";
+import { describeStepParts } from "../../core/reconcile/steps.js";
+import type { ReconcilePlan as ProtoReconcilePlan } from "../../../gen/mvm/v1/reconcile_pb.js";
 import { readPushDocuments } from "../../coordinator/desired-documents.js";
 import { DEFAULT_CONCURRENCY, DEFAULT_NODE_DEADLINE_MS, type NodeOutcome } from "../../coordinator/fan-out.js";
 import { readFleetFile, selectNodes, type Fleet, type FleetNode } from "../../coordinator/fleet-file.js";
@@ -131,6 +135,46 @@ export function resultRows<T>(outcomes: readonly NodeOutcome<FleetNode, T>[], de
   }));
 }
 
+interface PlannedStep {
+  kind: string;
+  target: string;
+  reason: string;
+  field: string;
+  line: string;
+}
+
+interface PlanProblem {
+  target: string;
+  field: string;
+  message: string;
+}
+
+/** A node's plan as rows and documents show it: counts, then each step and each item that cannot converge. */
+export function planDetail(plan: ProtoReconcilePlan | undefined): { actions: number; errors: number; steps: PlannedStep[]; cannotConverge: PlanProblem[] } {
+  const steps = (plan?.actions ?? []).map((a) => {
+    const kind = stepKindFromProto(a.kind) ?? `unknown(${a.kind})`;
+    const target = resourceRefToTarget(a.target);
+    return { kind, target, reason: a.reason, field: a.field, line: describeStepParts(kind, target, a.reason) };
+  });
+  const cannotConverge = (plan?.errors ?? []).map((e) => ({ target: resourceRefToTarget(e.target) || "node", field: e.field, message: e.message }));
+  return { actions: steps.length, errors: cannotConverge.length, steps, cannotConverge };
+}
+
+/** The steps of every node that has any, one block per node, in the table's order. */
+export function formatNodePlans(rows: readonly NodeResultRow[]): string {
+  const blocks: string[] = [];
+  for (const row of rows) {
+    const steps = (row.steps as PlannedStep[] | undefined) ?? [];
+    const problems = (row.cannotConverge as PlanProblem[] | undefined) ?? [];
+    if (steps.length === 0 && problems.length === 0) continue;
+    const lines = [`${row.node}:`];
+    for (const step of steps) lines.push(`  ${step.line}`);
+    for (const p of problems) lines.push(`  cannot converge ${p.target}${p.field ? ` (${p.field})` : ""}: ${p.message}`);
+    blocks.push(lines.join("\n"));
+  }
+  return blocks.length === 0 ? "" : `\n${blocks.join("\n")}\n`;
+}
+
 /** Prints the per-node table (or a JSON/YAML document with the verdict) and sets the exit code from the verdict. */
 function report(ctx: CliContext, format: OutputFormat, rows: NodeResultRow[], detailColumns: Array<[string, string]>, cancelled: boolean): void {
   const verdict = fleetVerdict(rows.map((r) => ({ ok: r.result === "ok" })));
@@ -219,7 +263,10 @@ export function registerCoordinatorCommands(parser: Argv<GlobalOptions>, ctx: Cl
           try {
             const documents = args.file === undefined ? null : await readPushDocuments(args.file, opened.fleet.nodes.map((n) => n.name));
             const outcomes = await planDesiredState(opened.ctx, opened.nodes, documents);
-            report(ctx, args.output, resultRows(outcomes, (p) => ({ actions: p?.actions.length ?? 0, errors: p?.errors.length ?? 0 })), [["ACTIONS", "actions"], ["ERRORS", "errors"]], opened.cancel.signal.aborted);
+            const rows = resultRows(outcomes, (p) => planDetail(p));
+            report(ctx, args.output, rows, [["ACTIONS", "actions"], ["ERRORS", "errors"]], opened.cancel.signal.aborted);
+            // Under the table, what each node would do: the counts alone do not tell an operator whether to push.
+            if (args.output === "table") ctx.write(formatNodePlans(rows));
           } finally {
             opened.close();
           }

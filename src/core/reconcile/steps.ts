@@ -145,6 +145,15 @@ const VERBS: Record<StepKind, string> = {
   set_condition: "set condition on",
 };
 
+/**
+ * The same line for a step known only by kind, target path and reason (as an agent's plan reaches a coordinator);
+ * an unknown kind (from a newer agent) reads as its raw name.
+ */
+export function describeStepParts(kind: string, target: string, reason: string): string {
+  const verb = (VERBS as Record<string, string>)[kind] ?? kind;
+  return `${verb} ${target || "node"} (${reason})`;
+}
+
 /** One line a person reads: `start acme/web/i-1a2b3c4d (pool wants 2 running, has 1; cheapest: stopped → running)`. */
 export function describeStep(step: ReconcileStep): string {
   const what = step.kind === "set_condition" ? `${VERBS[step.kind]} ${targetPath(step.target)}: ${step.condition.type}=${step.condition.status}` : `${VERBS[step.kind]} ${targetPath(step.target)}`;

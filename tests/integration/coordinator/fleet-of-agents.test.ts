@@ -94,6 +94,29 @@ describe(`mvm coordinator with ${AGENTS} agents`, () => {
     expect(Number(stored.generation)).toBe(result.nodes[7].generation);
   }, 60_000);
 
+  it("plan: each node's steps for a document, listed under the table too, and nothing changes on any node", async () => {
+    // After the push above every node has acme as asked: the only step left is the new tenant.
+    const doc = join(fleet.root, "plan.yaml");
+    writeFileSync(doc, "schema_version: 1\ntenants:\n  - tenant_id: acme\n    labels: { team: ci }\n  - tenant_id: beta\n");
+    const r = await mvm(["coordinator", "plan", doc, "--fleet", fleetFile, "-o", "json"]);
+    expect(r.code, r.stderr).toBe(0);
+    const result = JSON.parse(r.stdout);
+    expect(result.nodes).toHaveLength(AGENTS);
+    for (const n of result.nodes) {
+      expect(n.steps.map((s: any) => `${s.kind} ${s.target}`), n.node).toEqual(["create_tenant beta"]);
+      expect(n).toMatchObject({ actions: 1, errors: 0, cannotConverge: [] });
+    }
+    const table = await mvm(["coordinator", "plan", doc, "--fleet", fleetFile]);
+    expect(table.code, table.stderr).toBe(0);
+    expect(table.stdout).toMatch(new RegExp(`\\n${result.nodes[0].node}:\\n  create tenant beta \\(`));
+    const sample = fleet.agents[3] as AgentProcess;
+    const applied = await createClient(ReconcileService, fleet.transport(sample)).getDesiredState({});
+    expect(applied.desiredState?.tenants.map((t) => t.tenantId)).toEqual(["acme"]);
+    // Without a document: against what each node applied last, which the push's pass already reached.
+    const idle = await mvm(["coordinator", "plan", "--fleet", fleetFile, "-o", "json"]);
+    expect(JSON.parse(idle.stdout).nodes.every((n: any) => n.actions === 0 && n.result === "ok")).toBe(true);
+  }, 60_000);
+
   it("refuses a bad document before calling any node", async () => {
     const doc = join(fleet.root, "bad.yaml");
     writeFileSync(doc, "schema_version: 1\ntenants:\n  - tenant_id: Acme!\n");
