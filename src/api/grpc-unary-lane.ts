@@ -323,6 +323,8 @@ export function createGrpcUnaryLane(options: GrpcUnaryLaneOptions): GrpcUnaryLan
       );
     });
     stream.once("error", () => done());
+    // However the stream ends, the call leaves the set of calls in flight.
+    stream.once("close", () => done());
     return true;
   }
 
