@@ -74,10 +74,6 @@ class LazyCallSignal {
     return this.controller.signal;
   }
 
-  get aborted(): boolean {
-    return this.ended;
-  }
-
   abort(reason: unknown): void {
     if (this.ended) return;
     this.ended = true;

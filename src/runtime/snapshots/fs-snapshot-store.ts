@@ -173,15 +173,19 @@ interface SealedFile {
   chunkSha256s: string[];
 }
 
-/** Compresses `path` in place (the original is removed) when asked, then hashes what is stored. */
+/** Makes `path` durable, compressed in place when asked, and hashes what is stored. */
 async function sealFile(path: string, compression: Compression): Promise<SealedFile> {
   const uncompressedSizeBytes = (await stat(path)).size;
-  if (compression === "none") {
-    const digest = await hashFile(path, HASH_CHUNK_BYTES);
-    await fsyncFile(path);
-    return { name: basename(path), uncompressedSizeBytes, chunkBytes: HASH_CHUNK_BYTES, ...digest };
-  }
-  const tool = COMPRESSION_TOOLS[compression];
+  let stored = path;
+  if (compression === "none") await fsyncFile(path);
+  else stored = await compressReplacing(path, COMPRESSION_TOOLS[compression]);
+  // Read back from the page cache on the hashing threads, which also record the chunk digests.
+  const digest = await hashFile(stored, HASH_CHUNK_BYTES);
+  return { name: basename(stored), uncompressedSizeBytes, chunkBytes: HASH_CHUNK_BYTES, ...digest };
+}
+
+/** Writes `path` compressed beside it, durably, then removes `path`; returns the compressed file's path. */
+async function compressReplacing(path: string, tool: CompressionTool): Promise<string> {
   const output = `${path}.${tool.extension}`;
   const child = spawn(tool.binary, [...tool.compress, path], { stdio: ["ignore", "pipe", "pipe"], timeout: TOOL_TIMEOUT_MS, killSignal: "SIGKILL" });
   let stderr = "";
@@ -201,9 +205,7 @@ async function sealFile(path: string, compression: Compression): Promise<SealedF
     throw new MvmError("unavailable", `compressing snapshot ${path} with ${tool.binary}: ${(e as Error).message}`, [], { cause: e });
   }
   await unlinkIfPresent(path);
-  // Read back from the page cache on a worker, with the chunk digests a single pass over the pipe could not share out.
-  const digest = await hashFile(output, HASH_CHUNK_BYTES);
-  return { name: basename(output), uncompressedSizeBytes, chunkBytes: HASH_CHUNK_BYTES, ...digest };
+  return output;
 }
 
 async function fsyncFile(path: string): Promise<void> {
