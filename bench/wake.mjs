@@ -62,7 +62,8 @@ const { createInstance } = await import(dist("src/core/use-cases/instances.js"))
 const { startInstance, stopInstance, instanceFiles } = await import(dist("src/core/use-cases/lifecycle.js"));
 const { sleepInstance, wakeInstance, instanceSnapshot, GUEST_HOOKS } = await import(dist("src/core/use-cases/sleep-wake.js"));
 const { destroyTenantCompletely } = await import(dist("src/core/use-cases/teardown.js"));
-const { buildQemuArgv, qemuRunFiles, migrationSourceUri } = await import(dist("src/runtime/qemu/qemu-command.js"));
+const { buildQemuArgv, controlPortFiles, qemuRunFiles, migrationSourceUri } = await import(dist("src/runtime/qemu/qemu-command.js"));
+const { createControlPortFifos, guestAnnouncedControlPort, hasControlPortFifos, runHookOverControlPort } = await import(dist("src/runtime/qemu/control-port.js"));
 const { probeKvmCached, readHostTscKhz } = await import(dist("src/runtime/qemu/kvm-probe.js"));
 const { QmpClient } = await import(dist("src/runtime/qemu/qmp-client.js"));
 const { readProcCmdline } = await import(dist("src/runtime/process/proc-stat.js"));
@@ -138,7 +139,12 @@ async function directRestore(deps, key, accel, index, until) {
   const stream = join(runDir, "memory.mig");
   await copyFile(join(files.snapshotDir, meta.memoryFile), stream);
   const direct = { ...spec, runDir, disks, cgroupProcsFiles: [] };
-  const argv = buildQemuArgv({ binary: QEMU_BINARY, spec: direct, accel: accel.accel, hostTscKhz: accel.hostTscKhz, incoming: true });
+  // The restored machine must have what the sleeping one had, the control port included (mvm's adapter decides
+  // the same way: the instance's run directory holds the port's FIFOs).
+  const controlPort = hasControlPortFifos(controlPortFiles(files.runDir));
+  if (controlPort) await createControlPortFifos(controlPortFiles(runDir));
+  const hookOverControlPort = controlPort && (await guestAnnouncedControlPort(files.serialLog));
+  const argv = buildQemuArgv({ binary: QEMU_BINARY, spec: direct, accel: accel.accel, hostTscKhz: accel.hostTscKhz, incoming: true, controlPort });
   const qemuFiles = qemuRunFiles(runDir);
   const log = openSync(qemuFiles.vmmLog, "w", 0o600);
   const target = { guestIp: instance.net.guestIp, netns, privateKeyPath: deps.paths.tenantPrivateKey(key.tenantId) };
@@ -156,8 +162,14 @@ async function directRestore(deps, key, accel, index, until) {
     await qmp.close();
     const deadline = Date.now() + DIRECT_TIMEOUT_MS;
     for (;;) {
-      const command = until === "hook" ? [GUEST_HOOKS.wake, String(Math.floor(Date.now() / 1000))] : ["true"];
-      const answered = await deps.guest.exec(target, command, { timeoutMs: 5_000 }).then((r) => r.exitCode === 0, () => false);
+      const hostSeconds = String(Math.floor(Date.now() / 1000));
+      const answer =
+        until !== "hook"
+          ? deps.guest.exec(target, ["true"], { timeoutMs: 5_000 })
+          : hookOverControlPort
+            ? runHookOverControlPort(controlPortFiles(runDir), "wake", [hostSeconds], DIRECT_TIMEOUT_MS)
+            : deps.guest.exec(target, [GUEST_HOOKS.wake, hostSeconds], { timeoutMs: 5_000 });
+      const answered = await answer.then((r) => r.exitCode === 0, () => false);
       if (answered) break;
       if (Date.now() > deadline) throw new Error("direct restore: the guest did not answer over ssh");
       await sleep(50);

@@ -19,6 +19,7 @@ import type { VmmCapabilities } from "../core/data-plane-ports.js";
 import { createFsSnapshotStore } from "../runtime/snapshots/fs-snapshot-store.js";
 import { createEd25519KeyGenerator } from "../runtime/ssh/ed25519-key-generator.js";
 import { createSshGuestChannel } from "../runtime/ssh/ssh-guest-channel.js";
+import { withControlPort } from "../runtime/qemu/control-port.js";
 import { resolveDataRoot } from "../runtime/store/data-root.js";
 import { FsStore } from "../runtime/store/fs-store.js";
 import { createRandomIds } from "../runtime/system/random-ids.js";
@@ -103,7 +104,7 @@ export async function openNodeRuntime(options: NodeRuntimeOptions): Promise<Node
     cgroups: createCgroups({}),
     volumes: createLinuxVolumes(),
     snapshots: createFsSnapshotStore(),
-    guest: createSshGuestChannel(),
+    guest: withControlPort(createSshGuestChannel()),
     // A shared cache (MVM_IMAGE_CACHE) lets several data roots on one host, such as test runs, build each image once.
     imageBuilder: createDebianImageBuilder({ cacheDir: env.MVM_IMAGE_CACHE || join(dataRoot, "images", "cache") }),
     revisionsDir: (tenantId, poolId) => join(poolDir(tenantId, poolId), "revisions"),

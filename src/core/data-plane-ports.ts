@@ -313,7 +313,16 @@ export interface GuestTarget {
   guestIp: string;
   netns: string | null;
   privateKeyPath: string;
+  /** The instance's run directory, where a QEMU VM's control port lives; absent when the caller has none. */
+  runDir?: string;
 }
+
+/** Hooks the host runs in a guest (docs/guest-contract.md), and where the default image keeps them. */
+export type GuestHook = "sleep-prep" | "wake";
+export const GUEST_HOOK_PATHS: Readonly<Record<GuestHook, string>> = {
+  "sleep-prep": "/usr/lib/mvm/hooks/sleep-prep",
+  wake: "/usr/lib/mvm/hooks/wake",
+};
 
 export interface ExecResult {
   exitCode: number;
@@ -323,4 +332,10 @@ export interface ExecResult {
 
 export interface GuestChannel {
   exec(target: GuestTarget, argv: readonly string[], options: { timeoutMs: number; input?: string }): Promise<ExecResult>;
+  /**
+   * Runs one of the guest's hooks with `args` (each a plain word): through the VM's control port when the guest
+   * serves one there, else over SSH as `exec` would. Throws when the guest cannot be reached in time; a hook that
+   * ran and failed is an ExecResult with its exit code and standard error.
+   */
+  runHook(target: GuestTarget, hook: GuestHook, args: readonly string[], options: { timeoutMs: number }): Promise<ExecResult>;
 }

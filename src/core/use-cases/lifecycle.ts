@@ -329,6 +329,7 @@ export function guestTarget(deps: DataPlaneDeps, instance: Instance) {
     guestIp: instance.net.guestIp,
     netns: instance.vmm?.netns ?? deps.network.netns,
     privateKeyPath: deps.paths.tenantPrivateKey(instance.tenantId),
+    runDir: instanceFiles(deps.paths, instance).runDir,
   };
 }
 

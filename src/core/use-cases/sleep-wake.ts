@@ -8,7 +8,7 @@ import { failedPrecondition, MvmError } from "../errors.js";
 import type { Compression, Instance, Tenant } from "../model.js";
 import { assertQuota, computeUsage, type QuotaRequest } from "../quota.js";
 import { planTransition } from "../state-machine.js";
-import type { HostCompatibility, OpenedSnapshot, SnapshotMeta, VmDisk, Vmm, VmmProcess } from "../data-plane-ports.js";
+import { GUEST_HOOK_PATHS, type HostCompatibility, type OpenedSnapshot, type SnapshotMeta, type VmDisk, type Vmm, type VmmProcess } from "../data-plane-ports.js";
 import { audited } from "./audit-trail.js";
 import { timestamp } from "./deps.js";
 import type { InstanceKey } from "./instances.js";
@@ -28,8 +28,8 @@ import {
 
 /** Guest hooks of the default image (docs/guest-contract.md). */
 export const GUEST_HOOKS = {
-  sleepPrep: "/usr/lib/mvm/hooks/sleep-prep",
-  wake: "/usr/lib/mvm/hooks/wake",
+  sleepPrep: GUEST_HOOK_PATHS["sleep-prep"],
+  wake: GUEST_HOOK_PATHS.wake,
 } as const;
 
 export const DEFAULT_SLEEP_PREP_TIMEOUT_MS = 10_000;
@@ -217,7 +217,7 @@ export async function sleepInstance(deps: DataPlaneDeps, key: InstanceKey, optio
 /** A failing or slow hook does not stop the sleep (SleepInstanceRequest: "the snapshot is taken anyway"). */
 async function runSleepPrep(deps: DataPlaneDeps, instance: Instance, timeoutMs: number): Promise<{ ok: boolean; detail: string }> {
   try {
-    const result = await deps.guest.exec(guestTarget(deps, instance), [GUEST_HOOKS.sleepPrep], { timeoutMs });
+    const result = await deps.guest.runHook(guestTarget(deps, instance), "sleep-prep", [], { timeoutMs });
     if (result.exitCode === 0) return { ok: true, detail: "sleep-prep hook succeeded" };
     return { ok: false, detail: `sleep-prep hook exited ${result.exitCode}: ${result.stderr.trim().slice(0, 200)}` };
   } catch (e) {
@@ -325,7 +325,7 @@ async function runWakeHook(deps: DataPlaneDeps, instance: Instance, timeoutMs: n
     if (remaining <= 0) break;
     const hostSeconds = String(Math.floor(deps.clock.nowMs() / 1000));
     try {
-      const result = await deps.guest.exec(guestTarget(deps, instance), [GUEST_HOOKS.wake, hostSeconds], { timeoutMs: remaining });
+      const result = await deps.guest.runHook(guestTarget(deps, instance), "wake", [hostSeconds], { timeoutMs: remaining });
       if (result.exitCode === 0) return;
       throw new MvmError("unavailable", `wake hook in ${instance.instanceId} exited ${result.exitCode}: ${result.stderr.trim().slice(0, 300)}`);
     } catch (e) {

@@ -9,6 +9,7 @@ import type {
   Cgroups,
   ExecResult,
   GuestChannel,
+  GuestHook,
   GuestTarget,
   HostCompatibility,
   Network,
@@ -27,6 +28,7 @@ import type {
   VmSnapshotType,
   Volumes,
 } from "../../core/data-plane-ports.js";
+import { GUEST_HOOK_PATHS } from "../../core/data-plane-ports.js";
 import { MvmError } from "../../core/errors.js";
 import type { HypervisorKind } from "../../core/model.js";
 
@@ -258,6 +260,12 @@ export class FakeDataPlane {
     const plane = this;
     return {
       async exec(target: GuestTarget, argv: readonly string[]) {
+        plane.execs.push({ target, argv });
+        return reply(argv);
+      },
+      // Recorded like the SSH path runs it: the hook's path in the default image, then its arguments.
+      async runHook(target: GuestTarget, hook: GuestHook, args: readonly string[]) {
+        const argv = [GUEST_HOOK_PATHS[hook], ...args];
         plane.execs.push({ target, argv });
         return reply(argv);
       },

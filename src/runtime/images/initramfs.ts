@@ -14,7 +14,7 @@ import type { CpioEntry } from "./cpio-newc.js";
 import { isStaticExecutable } from "./elf.js";
 import { cacheKey, sha256Hex } from "./hashing.js";
 import type { KernelBundle } from "./kernel-fetch.js";
-import { indexModules, moduleMetadata, modulesToLoad, orderModules, parseKernelConfig, readModuleImage } from "./kernel-modules.js";
+import { GUEST_MODULES, indexModules, moduleMetadata, modulesToLoad, orderModules, parseKernelConfig, readModuleImage } from "./kernel-modules.js";
 
 export const INITRAMFS_FILE = "initramfs.cpio.gz";
 /** Bumped when the archive's layout changes in a way its inputs do not show. */
@@ -55,6 +55,8 @@ export async function ensureInitramfs(options: InitramfsOptions): Promise<Initra
     options.kernel.version,
     sha256Hex(options.initScript),
     sha256Hex(busybox),
+    // Which modules the guest needs is part of the recipe: a change to the list must not reuse an older archive.
+    GUEST_MODULES.map((m) => `${m.module}:${m.required ? "required" : "optional"}`).join(","),
   ]).slice(0, 32);
   if (!(await isStaticExecutable(options.busyboxPath))) {
     throw new Error(`${options.busyboxPath} is dynamically linked; the initramfs needs busybox-static`);

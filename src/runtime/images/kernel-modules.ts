@@ -18,6 +18,8 @@ export const GUEST_MODULES: readonly { module: string; config: string; required:
   // The ACPI power button and its input events: the launcher's polite shutdown (QMP system_powerdown).
   { module: "button", config: "CONFIG_ACPI_BUTTON", required: false },
   { module: "evdev", config: "CONFIG_INPUT_EVDEV", required: false },
+  // mvm's control port (virtio-serial), through which the host runs the guest's hooks.
+  { module: "virtio_console", config: "CONFIG_VIRTIO_CONSOLE", required: false },
 ];
 
 export type ConfigValue = "y" | "m" | "n";

@@ -67,6 +67,21 @@ export function qemuRunFiles(runDir: string): QemuRunFiles {
   };
 }
 
+/** Name of mvm's control port (virtio-serial), as the guest finds it in the `name` file of its virtio-ports. */
+export const CONTROL_PORT_NAME = "org.mvm.control";
+
+export interface ControlPortFiles {
+  /** What QEMU's `pipe` chardev is given: it opens `<path>.in` and `<path>.out`. */
+  path: string;
+  toGuest: string;
+  fromGuest: string;
+}
+
+export function controlPortFiles(runDir: string): ControlPortFiles {
+  const path = `${runDir}/control`;
+  return { path, toGuest: `${path}.in`, fromGuest: `${path}.out` };
+}
+
 export interface QemuCommandInput {
   /** Program to run, e.g. `qemu-system-x86_64` (looked up on PATH) or an absolute path. */
   binary: string;
@@ -81,6 +96,11 @@ export interface QemuCommandInput {
    * the guest sees is identical to the boot; only the serial log is appended to rather than truncated.
    */
   incoming?: boolean;
+  /**
+   * Give the VM mvm's control port (a virtio-serial port on the FIFOs `controlPortFiles` names). A restore must
+   * say the same as the boot whose state it loads: the device is part of the saved machine.
+   */
+  controlPort?: boolean;
 }
 
 /**
@@ -129,6 +149,15 @@ export function buildQemuArgv(input: QemuCommandInput): string[] {
   argv.push(
     "-netdev", `tap,id=net0,ifname=${spec.tap.name},script=no,downscript=no`,
     "-device", `virtio-net-device,netdev=net0,mac=${spec.tap.mac.toLowerCase()}`,
+  );
+  if (input.controlPort === true) {
+    argv.push(
+      "-device", "virtio-serial-device,id=control0",
+      "-chardev", `pipe,id=control,path=${optionValue(controlPortFiles(spec.runDir).path)}`,
+      "-device", `virtserialport,bus=control0.0,chardev=control,name=${CONTROL_PORT_NAME}`,
+    );
+  }
+  argv.push(
     "-qmp", `unix:${optionValue(qmpSocket)},server=on,wait=off`,
     "-pidfile", files.qemuPidFile,
   );

@@ -13,7 +13,8 @@ import { unlinkIfPresent } from "../store/atomic-file.js";
 import { waitForGuestReady } from "./guest-ready.js";
 import { probeKvmCached, readHostTscKhz } from "./kvm-probe.js";
 import type { KvmProbeResult } from "./kvm-probe.js";
-import { buildQemuArgv, migrationSourceUri, migrationTargetUri, qemuRunFiles } from "./qemu-command.js";
+import { buildQemuArgv, controlPortFiles, migrationSourceUri, migrationTargetUri, qemuRunFiles } from "./qemu-command.js";
+import { createControlPortFifos, hasControlPortFifos } from "./control-port.js";
 import type { QemuAccel, QemuRunFiles } from "./qemu-command.js";
 import { QmpClient, withQmp } from "./qmp-client.js";
 
@@ -82,7 +83,11 @@ export function createQemuVmm(options: QemuVmmOptions = {}): Vmm {
     if (accel === "tcg" && hostTscKhz === null) {
       throw new MvmError("unavailable", "host tsc frequency: no 'cpu MHz' line in /proc/cpuinfo, which tcg guests need");
     }
-    const argv = buildQemuArgv({ binary, spec, accel, hostTscKhz, seccompSandbox: options.seccompSandbox ?? true, incoming });
+    // A boot always gets the control port; a restore gets it when the VM whose state it loads had it (its FIFOs are
+    // still in the run directory), since the device is part of the saved machine.
+    const control = controlPortFiles(spec.runDir);
+    const controlPort = incoming ? hasControlPortFifos(control) : true;
+    const argv = buildQemuArgv({ binary, spec, accel, hostTscKhz, seccompSandbox: options.seccompSandbox ?? true, incoming, controlPort });
     const files = qemuRunFiles(spec.runDir);
 
     await mkdir(spec.runDir, { recursive: true, mode: 0o700 });
@@ -95,6 +100,7 @@ export function createQemuVmm(options: QemuVmmOptions = {}): Vmm {
     // restore appends: the guest's earlier console output stays readable.
     if (!incoming) await unlinkIfPresent(files.serialLog);
     await unlinkIfPresent(files.qmpSocket);
+    if (!incoming) await createControlPortFifos(control);
     await writeFile(files.vmmLog, "", { mode: 0o600 });
 
     const what = incoming ? "restoring" : "booting";

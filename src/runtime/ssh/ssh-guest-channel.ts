@@ -2,7 +2,7 @@
 // there is one (guest addresses are only routable there).
 
 import { execa } from "execa";
-import type { ExecResult, GuestChannel, GuestTarget } from "../../core/data-plane-ports.js";
+import { GUEST_HOOK_PATHS, type ExecResult, type GuestChannel, type GuestTarget } from "../../core/data-plane-ports.js";
 
 /** Quotes one argument for the remote POSIX shell that sshd hands the command line to. */
 export function shellQuote(arg: string): string {
@@ -33,7 +33,8 @@ export function sshArgv(target: GuestTarget, remote: readonly string[], options:
 }
 
 export function createSshGuestChannel(): GuestChannel {
-  return {
+  const channel: GuestChannel = {
+    runHook: (target, hook, args, options) => channel.exec(target, [GUEST_HOOK_PATHS[hook], ...args], options),
     async exec(target, argv, options): Promise<ExecResult> {
       const [file, ...args] = sshArgv(target, argv);
       const result = await execa(file!, args, {
@@ -50,4 +51,5 @@ export function createSshGuestChannel(): GuestChannel {
       return { exitCode: result.exitCode ?? -1, stdout: String(result.stdout), stderr: String(result.stderr) };
     },
   };
+  return channel;
 }

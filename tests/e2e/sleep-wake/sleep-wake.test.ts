@@ -7,6 +7,9 @@ import { execFileSync, spawn, spawnSync, type ChildProcess } from "node:child_pr
 import { existsSync, openSync, readFileSync, readSync, statSync, writeSync, closeSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { GuestHook } from "../../../src/core/data-plane-ports.js";
+import { runHookOverControlPort } from "../../../src/runtime/qemu/control-port.js";
+import { controlPortFiles } from "../../../src/runtime/qemu/qemu-command.js";
 import { okJson, processGone } from "../../helpers/e2e-checks.js";
 import { REPO_ROOT, runMvm, tempDataDir, type CliResult } from "../../helpers/mvm-cli.js";
 
@@ -130,6 +133,19 @@ describe.skipIf(skipReason !== null)("sleep and wake of a real microVM", () => {
     const after = counter();
     expect(after.pid).toBe(before.pid);
     expect(after.value).toBeGreaterThan(before.value);
+  }, 120_000);
+
+  it("runs the guest's hooks over its control port, and only hooks", async () => {
+    const runDir = join(instanceDir, "run");
+    expect(readFileSync(join(runDir, "serial.log"), "latin1")).toMatch(/^MVM-CONTROL \/dev\/vport\d+p\d+$/m);
+    const files = controlPortFiles(runDir);
+    const hostSeconds = String(Math.floor(Date.now() / 1000));
+    expect(await runHookOverControlPort(files, "wake", [hostSeconds], 60_000)).toEqual({ exitCode: 0, stdout: "", stderr: "" });
+    // The guest's control script answered (it leaves the hook's standard error there); SSH was not involved.
+    expect(inGuest("test -f /run/mvm/control.err && echo yes")).toBe("yes");
+    const refused = await runHookOverControlPort(files, "ready" as GuestHook, [], 60_000);
+    expect(refused.exitCode).toBe(127);
+    expect(refused.stderr).toMatch(/unknown hook ready/);
   }, 120_000);
 
   it("sleeps uncompressed and wakes with counter, tmpfs, data disk, network, SSH and clock intact", () => {

@@ -161,6 +161,7 @@ describe("stop, destroy, exec, health", () => {
       guestIp: created.net.guestIp,
       netns: "mvm-test",
       privateKeyPath: "/data/acme/ssh/id_ed25519",
+      runDir: `/data/acme/web/instances/${created.instanceId}/run`,
     });
   });
 

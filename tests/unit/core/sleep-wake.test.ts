@@ -1,4 +1,5 @@
 import { beforeEach, describe, expect, it } from "vitest";
+import { GUEST_HOOK_PATHS, type GuestChannel } from "../../../src/core/data-plane-ports.js";
 import { isMvmError } from "../../../src/core/errors.js";
 import type { Instance } from "../../../src/core/model.js";
 import { createInstance } from "../../../src/core/use-cases/instances.js";
@@ -51,6 +52,11 @@ beforeEach(() => {
   deps = fakeDataPlaneDeps(plane);
 });
 
+/** A guest channel whose hooks run as `exec` of the hook's path, like the SSH channel's. */
+function guestRunning(exec: GuestChannel["exec"]): GuestChannel {
+  return { exec, runHook: (target, hook, args, options) => exec(target, [GUEST_HOOK_PATHS[hook], ...args], options) };
+}
+
 describe("warm and resume", () => {
   it("warm pauses the vmm and keeps the process; resume unpauses it", async () => {
     const running = await runningInstance();
@@ -95,12 +101,10 @@ describe("sleep", () => {
     const pausedDuringHook: boolean[] = [];
     deps = {
       ...deps,
-      guest: {
-        async exec(_target, argv) {
-          if (argv[0] === GUEST_HOOKS.sleepPrep) pausedDuringHook.push(plane.paused.has(running.vmm!.pid));
-          return { exitCode: 0, stdout: "", stderr: "" };
-        },
-      },
+      guest: guestRunning(async (_target, argv) => {
+        if (argv[0] === GUEST_HOOKS.sleepPrep) pausedDuringHook.push(plane.paused.has(running.vmm!.pid));
+        return { exitCode: 0, stdout: "", stderr: "" };
+      }),
     };
     const sleeping = await sleepInstance(deps, keyOf(running));
     expect(pausedDuringHook).toEqual([false]);
@@ -136,7 +140,7 @@ describe("sleep", () => {
 
   it("sleeps even when the hook fails, and says so in a condition", async () => {
     const running = await runningInstance();
-    deps = { ...deps, guest: { exec: async () => ({ exitCode: 1, stdout: "", stderr: "sync failed" }) } };
+    deps = { ...deps, guest: guestRunning(async () => ({ exitCode: 1, stdout: "", stderr: "sync failed" })) };
     const sleeping = await sleepInstance(deps, keyOf(running));
     expect(sleeping.status).toBe("sleeping");
     const condition = sleeping.conditions.find((c) => c.type === "SleepPrepared");
@@ -247,7 +251,7 @@ describe("wake", () => {
   it("a failing wake hook stops the restored vmm and leaves the instance sleeping", async () => {
     const running = await runningInstance();
     await sleepInstance(deps, keyOf(running));
-    deps = { ...deps, guest: { exec: async (_t, argv) => ({ exitCode: argv[0] === GUEST_HOOKS.wake ? 7 : 0, stdout: "", stderr: "no secrets" }) } };
+    deps = { ...deps, guest: guestRunning(async (_t, argv) => ({ exitCode: argv[0] === GUEST_HOOKS.wake ? 7 : 0, stdout: "", stderr: "no secrets" })) };
     await expectKind(wakeInstance(deps, keyOf(running)), "unavailable", /wake hook .* exited 7: no secrets/);
     expect(plane.processes.size).toBe(0);
     expect((await deps.store.getInstance("acme", "web", running.instanceId))?.status).toBe("sleeping");
@@ -260,13 +264,11 @@ describe("wake", () => {
     deps = {
       ...deps,
       clock: { nowMs: () => Date.now() },
-      guest: {
-        exec: async () => {
-          attempts++;
-          if (attempts < 3) throw new Error("ssh: connection refused");
-          return { exitCode: 0, stdout: "", stderr: "" };
-        },
-      },
+      guest: guestRunning(async () => {
+        attempts++;
+        if (attempts < 3) throw new Error("ssh: connection refused");
+        return { exitCode: 0, stdout: "", stderr: "" };
+      }),
     };
     expect((await wakeInstance(deps, keyOf(running))).status).toBe("running");
     expect(attempts).toBe(3);
