@@ -21,7 +21,7 @@ import { failedPrecondition, MvmError } from "../../core/errors.js";
 import { COMPRESSIONS, type Compression } from "../../core/model.js";
 import { readJsonRecord, syncDirectory, unlinkIfPresent, writeFileAtomic } from "../store/atomic-file.js";
 import { errnoCode } from "../store/process-identity.js";
-import { HASH_CHUNK_BYTES, hashChunks, hashFile } from "./file-hash.js";
+import { hashChunks, hashFile, snapshotChunkBytes } from "./file-hash.js";
 
 export const SNAPSHOT_META_FILE = "meta.json";
 /** Decompressed copy of a compressed memory file, made for one restore and removed after it. */
@@ -180,8 +180,9 @@ async function sealFile(path: string, compression: Compression): Promise<SealedF
   if (compression === "none") await fsyncFile(path);
   else stored = await compressReplacing(path, COMPRESSION_TOOLS[compression]);
   // Read back from the page cache on the hashing threads, which also record the chunk digests.
-  const digest = await hashFile(stored, HASH_CHUNK_BYTES);
-  return { name: basename(stored), uncompressedSizeBytes, chunkBytes: HASH_CHUNK_BYTES, ...digest };
+  const chunkBytes = snapshotChunkBytes((await stat(stored)).size);
+  const digest = await hashFile(stored, chunkBytes);
+  return { name: basename(stored), uncompressedSizeBytes, chunkBytes, ...digest };
 }
 
 /** Writes `path` compressed beside it, durably, then removes `path`; returns the compressed file's path. */
