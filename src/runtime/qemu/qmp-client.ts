@@ -66,7 +66,13 @@ export interface QmpConnectOptions {
 
 const DEFAULT_CONNECT_TIMEOUT_MS = 5_000;
 const DEFAULT_COMMAND_TIMEOUT_MS = 10_000;
-const FIRST_RETRY_MS = 10;
+/**
+ * A VMM just started opens its QMP socket within tens of ms, and every ms spent waiting past that is on a boot's or
+ * a wake's critical path: attempts come every 2 ms for the first second (an attempt on a missing socket costs a few
+ * µs), then back off to 100 ms. Backing off from the start (10, 20, 40 ms...) lost 10 ms on average.
+ */
+const FAST_RETRY_MS = 2;
+const FAST_RETRY_FOR_MS = 1_000;
 const MAX_RETRY_MS = 100;
 const CLOSE_GRACE_MS = 1_000;
 /** sun_path holds 108 bytes including the terminating NUL. */
@@ -318,7 +324,8 @@ function parseGreeting(message: Record<string, unknown>): QmpGreeting {
 }
 
 async function connectWithRetries(socketPath: string, deadline: number, signal: AbortSignal | undefined): Promise<Socket> {
-  let delay = FIRST_RETRY_MS;
+  const fastUntil = Date.now() + FAST_RETRY_FOR_MS;
+  let delay = FAST_RETRY_MS;
   for (;;) {
     if (signal?.aborted) throw new QmpTransportError("aborted", `qmp: connecting to ${socketPath} aborted`);
     try {
@@ -333,7 +340,7 @@ async function connectWithRetries(socketPath: string, deadline: number, signal: 
       }
     }
     await sleep(delay, undefined, signal ? { signal } : {}).catch(() => undefined);
-    delay = Math.min(delay * 2, MAX_RETRY_MS);
+    if (Date.now() >= fastUntil) delay = Math.min(delay * 2, MAX_RETRY_MS);
   }
 }
 
