@@ -67,7 +67,8 @@ const { buildPool } = await import(dist("src/core/use-cases/builds.js"));
 const { createInstance } = await import(dist("src/core/use-cases/instances.js"));
 const { startInstance, stopInstance, tenantNetworkPlan, REVISION_FILES } = await import(dist("src/core/use-cases/lifecycle.js"));
 const { destroyTenantCompletely } = await import(dist("src/core/use-cases/teardown.js"));
-const { buildQemuArgv, qemuRunFiles } = await import(dist("src/runtime/qemu/qemu-command.js"));
+const { buildQemuArgv, controlPortFiles, qemuRunFiles } = await import(dist("src/runtime/qemu/qemu-command.js"));
+const { createControlPortFifos } = await import(dist("src/runtime/qemu/control-port.js"));
 const { probeKvmCached, readHostTscKhz } = await import(dist("src/runtime/qemu/kvm-probe.js"));
 const { waitForGuestReady } = await import(dist("src/runtime/qemu/guest-ready.js"));
 const { readProcCmdline } = await import(dist("src/runtime/process/proc-stat.js"));
@@ -180,6 +181,9 @@ async function directSpec(spec, baseImage, runIndex) {
   const runDir = join(directDir, `run-${runIndex}`);
   await rm(runDir, { recursive: true, force: true });
   await mkdir(runDir, { recursive: true, mode: 0o700 });
+  // The same machine as mvm's boot, control port included (its FIFOs are made before the clock starts, as mvm
+  // makes them before it spawns QEMU).
+  await createControlPortFifos(controlPortFiles(runDir));
   const disks = [];
   for (const disk of spec.disks) {
     if (disk.role === "root") {
@@ -196,7 +200,7 @@ async function directSpec(spec, baseImage, runIndex) {
 }
 
 async function runDirect(spec, accel) {
-  const argv = buildQemuArgv({ binary: QEMU_BINARY, spec, accel: accel.accel, hostTscKhz: accel.hostTscKhz });
+  const argv = buildQemuArgv({ binary: QEMU_BINARY, spec, accel: accel.accel, hostTscKhz: accel.hostTscKhz, controlPort: true });
   const files = qemuRunFiles(spec.runDir);
   const log = openSync(files.vmmLog, "w", 0o600);
   const t0 = now();
@@ -265,7 +269,7 @@ try {
   const warm = await startInstance(deps, key);
   const mvmArgv = await readProcCmdline(warm.vmm.pid);
   const spec = bootProbe.spec;
-  const rebuilt = buildQemuArgv({ binary: QEMU_BINARY, spec, accel: accel.accel, hostTscKhz: accel.hostTscKhz });
+  const rebuilt = buildQemuArgv({ binary: QEMU_BINARY, spec, accel: accel.accel, hostTscKhz: accel.hostTscKhz, controlPort: true });
   const argvSame = JSON.stringify(mvmArgv) === JSON.stringify(rebuilt);
   if (!argvSame) {
     throw new Error(`rebuilt argv differs from mvm's:\n  mvm:     ${mvmArgv?.join(" ")}\n  rebuilt: ${rebuilt.join(" ")}`);
