@@ -7,14 +7,14 @@ import { createProcHostMemory, parseMeminfo, parsePsiSomeAvg10 } from "../../../
 const MEMINFO = "MemTotal:       24684084 kB\nMemFree:        24026620 kB\nMemAvailable:   2065380 kB\nBuffers:            1684 kB\n";
 const PSI = "some avg10=12.50 avg60=3.00 avg300=0.10 total=123456\nfull avg10=1.00 avg60=0.00 avg300=0.00 total=42\n";
 
-let dir: string | null = null;
+const dirs: string[] = [];
 afterEach(() => {
-  if (dir) rmSync(dir, { recursive: true, force: true });
-  dir = null;
+  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
 });
 
 function procRoot(files: Record<string, string>): string {
-  dir = mkdtempSync(join(tmpdir(), "mvm-proc-"));
+  const dir = mkdtempSync(join(tmpdir(), "mvm-proc-"));
+  dirs.push(dir);
   for (const [path, text] of Object.entries(files)) {
     mkdirSync(join(dir, path, ".."), { recursive: true });
     writeFileSync(join(dir, path), text);
