@@ -96,7 +96,15 @@ interface Pending {
 interface HashWorker {
   thread: Worker;
   pending: Map<number, Pending>;
+  /** Takes the worker out of the pool and fails everything it holds. */
+  fail(error: Error): void;
 }
+
+/**
+ * How long one request may take. Far beyond what reading a snapshot needs (hundreds of MB/s), but finite: a read that
+ * hangs (a stuck network filesystem) must not hold a wake, and with it the tenant's lock, forever.
+ */
+export const HASH_REQUEST_TIMEOUT_MS = 10 * 60_000;
 
 const POOL_SIZE = Math.max(1, Math.min(4, os.availableParallelism()));
 const pool: HashWorker[] = [];
@@ -104,7 +112,11 @@ let nextId = 1;
 
 function startWorker(): HashWorker {
   // No inherited node flags: the source is CommonJS, which --input-type=module or a loader would take for something else.
-  const worker: HashWorker = { thread: new Worker(WORKER_SOURCE, { eval: true, execArgv: [] }), pending: new Map() };
+  const worker: HashWorker = {
+    thread: new Worker(WORKER_SOURCE, { eval: true, execArgv: [] }),
+    pending: new Map(),
+    fail: (error) => fail(error),
+  };
   worker.thread.on("message", (reply: WorkerReply) => {
     const waiter = worker.pending.get(reply.id);
     if (waiter === undefined) return;
@@ -138,12 +150,21 @@ function leastBusyWorker(): HashWorker {
   return pool.reduce((a, b) => (b.pending.size < a.pending.size ? b : a));
 }
 
-function run(request: HashRequest): Promise<FileDigest> {
+function run(request: HashRequest, timeoutMs: number): Promise<FileDigest> {
   const worker = leastBusyWorker();
   const id = nextId++;
   // While a hash is in flight its thread keeps the process alive for the answer; idle, it must not.
   worker.thread.ref();
+  // A thread stuck in a read cannot be interrupted: it is given up on (out of the pool, its requests failed) and
+  // asked to terminate, which takes effect whenever the read returns.
+  const timer = setTimeout(() => {
+    worker.fail(new Error(`hashing ${request.path} took longer than ${timeoutMs} ms`));
+    worker.thread.unref();
+    void worker.thread.terminate().catch(() => undefined);
+  }, timeoutMs);
+  timer.unref();
   const settled = () => {
+    clearTimeout(timer);
     if (worker.pending.size === 0) worker.thread.unref();
   };
   return new Promise<FileDigest>((resolve, reject) => {
@@ -162,15 +183,15 @@ function run(request: HashRequest): Promise<FileDigest> {
 }
 
 /** Whole-file SHA-256, size and chunk digests in one pass. Errors keep their `code` (ENOENT). */
-export function hashFile(path: string, chunkBytes: number = HASH_CHUNK_BYTES): Promise<FileDigest> {
-  return run({ path, start: 0, end: -1, chunkBytes, whole: true });
+export function hashFile(path: string, chunkBytes: number = HASH_CHUNK_BYTES, timeoutMs: number = HASH_REQUEST_TIMEOUT_MS): Promise<FileDigest> {
+  return run({ path, start: 0, end: -1, chunkBytes, whole: true }, timeoutMs);
 }
 
 /**
  * The chunk digests of the first `sizeBytes` bytes of `path`, computed by several workers at once (contiguous runs
  * of chunks each), in order.
  */
-export async function hashChunks(path: string, chunkBytes: number, sizeBytes: number): Promise<string[]> {
+export async function hashChunks(path: string, chunkBytes: number, sizeBytes: number, timeoutMs: number = HASH_REQUEST_TIMEOUT_MS): Promise<string[]> {
   const chunkCount = Math.ceil(sizeBytes / chunkBytes);
   const parts = Math.max(1, Math.min(POOL_SIZE, chunkCount));
   const perPart = Math.ceil(chunkCount / parts);
@@ -178,7 +199,7 @@ export async function hashChunks(path: string, chunkBytes: number, sizeBytes: nu
   for (let first = 0; first < chunkCount; first += perPart) {
     const start = first * chunkBytes;
     const end = Math.min(sizeBytes, (first + perPart) * chunkBytes);
-    runs.push(run({ path, start, end, chunkBytes, whole: false }));
+    runs.push(run({ path, start, end, chunkBytes, whole: false }, timeoutMs));
   }
   return (await Promise.all(runs)).flatMap((digest) => digest.chunkSha256s);
 }

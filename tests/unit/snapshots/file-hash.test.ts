@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from "node:crypto";
+import { closeSync, constants, openSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -66,6 +67,20 @@ describe("hashFile", () => {
     const run = spawnSync(process.execPath, ["--input-type=module", "-e", script], { encoding: "utf8", timeout: 20_000 });
     expect(run.stdout.trim(), run.stderr).toBe("hashed 100000");
     expect(run.status, "the process did not exit by itself").toBe(0);
+  });
+});
+
+describe("a hash that hangs", () => {
+  it("fails after its timeout, and a fresh worker serves the next request", async () => {
+    // Opening a FIFO that nobody writes blocks the worker's read, as a stuck network filesystem would.
+    const fifo = join(dir, "stuck.fifo");
+    spawnSync("mkfifo", [fifo]);
+    await expect(hashFile(fifo, 1024 * 1024, 300)).rejects.toThrow(/took longer than 300 ms/);
+    const after = join(dir, "after");
+    await writeFile(after, "after");
+    expect((await hashFile(after)).sha256).toBe(createHash("sha256").update("after").digest("hex"));
+    // Lets the abandoned thread's open return, so that its termination takes effect.
+    closeSync(openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK));
   });
 });
 
