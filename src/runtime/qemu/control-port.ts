@@ -18,7 +18,7 @@ import { Socket } from "node:net";
 import { execa } from "execa";
 import { type ExecResult, type GuestChannel, type GuestHook, type GuestTarget } from "../../core/data-plane-ports.js";
 import { unlinkIfPresent } from "../store/atomic-file.js";
-import { controlPortFiles, type ControlPortFiles } from "./qemu-command.js";
+import { controlPortFiles, qemuRunFiles, type ControlPortFiles } from "./qemu-command.js";
 import { errnoCode } from "../store/process-identity.js";
 
 /** Printed on the serial console by the guest's control script once it serves the port. */
@@ -69,12 +69,11 @@ export async function runHookOverControlPort(
   const bad = args.find((a) => !HOOK_ARG.test(a));
   if (bad !== undefined) throw new Error(`control port: hook argument ${JSON.stringify(bad)} is not a plain word`);
   const id = randomBytes(8).toString("hex");
-  // Opened before the request goes out; the answer would wait in the FIFO anyway, but so nothing races.
+  // Opened before the request goes out; what arrives before the listeners are attached stays buffered in the stream.
   const reader = openFifoReader(files.fromGuest);
   try {
-    const answer = waitForAnswer(reader, id, timeoutMs);
     sendRequest(files.toGuest, `${id} hook ${hook}${args.map((a) => ` ${a}`).join("")}\n`);
-    const { status, message } = await answer;
+    const { status, message } = await waitForAnswer(reader, id, timeoutMs);
     return { exitCode: status, stdout: "", stderr: message };
   } finally {
     reader.destroy();
@@ -91,7 +90,7 @@ export function withControlPort(fallback: GuestChannel): GuestChannel {
     async runHook(target: GuestTarget, hook: GuestHook, args: readonly string[], options: { timeoutMs: number }): Promise<ExecResult> {
       if (target.runDir !== undefined) {
         const files = controlPortFiles(target.runDir);
-        if (hasControlPortFifos(files) && (await guestAnnouncedControlPort(`${target.runDir}/serial.log`))) {
+        if (hasControlPortFifos(files) && (await guestAnnouncedControlPort(qemuRunFiles(target.runDir).serialLog))) {
           return runHookOverControlPort(files, hook, args, options.timeoutMs);
         }
       }

@@ -75,8 +75,18 @@ describe("runHookOverControlPort", () => {
     expect(vmm.requests).toHaveLength(1);
   });
 
-  it("fails at once when no VMM holds the port", async () => {
-    await expect(runHookOverControlPort(files, "wake", [], 5_000)).rejects.toThrow(/no VMM has it open/);
+  it("fails at once when no VMM holds the port, and leaves nothing pending behind", async () => {
+    const stray: unknown[] = [];
+    const onStray = (reason: unknown) => stray.push(reason);
+    process.on("unhandledRejection", onStray);
+    try {
+      await expect(runHookOverControlPort(files, "wake", [], 100)).rejects.toThrow(/no VMM has it open/);
+      // Past the timeout a forgotten wait would have rejected with nobody listening.
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(stray).toEqual([]);
+    } finally {
+      process.off("unhandledRejection", onStray);
+    }
   });
 
   it("refuses an argument that is not a plain word before sending anything", async () => {
