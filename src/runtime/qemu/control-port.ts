@@ -12,7 +12,7 @@
 // Answers to requests nobody waits for any more (a timed-out caller) stay in the FIFO and are skipped by id.
 
 import { randomBytes } from "node:crypto";
-import { closeSync, constants, lstatSync, openSync, writeSync } from "node:fs";
+import { closeSync, constants, fstatSync, lstatSync, openSync, writeSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { Socket } from "node:net";
 import { execa } from "execa";
@@ -102,7 +102,7 @@ export function withControlPort(fallback: GuestChannel): GuestChannel {
 function openFifoReader(path: string): Socket {
   const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW);
   try {
-    if (!lstatSync(path).isFIFO()) throw new Error(`control port: ${path} is not a fifo`);
+    requireFifo(fd, path);
     return new Socket({ fd, readable: true, writable: false });
   } catch (e) {
     closeSync(fd);
@@ -120,6 +120,7 @@ function sendRequest(path: string, line: string): void {
     throw e;
   }
   try {
+    requireFifo(fd, path);
     // One write of less than PIPE_BUF bytes: atomic, never interleaved with another writer's.
     const written = writeSync(fd, line);
     if (written !== Buffer.byteLength(line)) throw new Error(`control port ${path}: short write`);
@@ -164,6 +165,11 @@ export function parseAnswer(line: string, id: string): { status: number; message
   const m = /^([0-9a-f]+) ([0-9]{1,3})(?: (.*))?$/.exec(line);
   if (m === null || m[1] !== id) return null;
   return { status: Number(m[2]), message: (m[3] ?? "").slice(0, 1000) };
+}
+
+/** Checked on the open descriptor: whatever the path names by now, this is what is read or written. */
+function requireFifo(fd: number, path: string): void {
+  if (!fstatSync(fd).isFIFO()) throw new Error(`control port: ${path} is not a fifo`);
 }
 
 function isFifo(path: string): boolean {

@@ -1,7 +1,8 @@
 // The host side of the control port, against real FIFOs with this test standing in for QEMU and the guest: QEMU
 // holds both FIFOs open read-write, reads requests from `control.in` and writes the guest's answers to `control.out`.
 
-import { closeSync, constants, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from "node:fs";
+import { spawnSync } from "node:child_process";
 import { Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -86,6 +87,23 @@ describe("runHookOverControlPort", () => {
       expect(stray).toEqual([]);
     } finally {
       process.off("unhandledRejection", onStray);
+    }
+  });
+
+  it("refuses files that are not FIFOs, writing nothing into them", async () => {
+    const other = mkdtempSync(join(tmpdir(), "mvm-control-port-plain-"));
+    try {
+      const plain = controlPortFiles(other);
+      writeFileSync(plain.toGuest, "");
+      writeFileSync(plain.fromGuest, "");
+      await expect(runHookOverControlPort(plain, "wake", [], 1_000)).rejects.toThrow(/control\.out is not a fifo/);
+      // The answers' side a FIFO, the requests' side a plain file: nothing is written into it either.
+      rmSync(plain.fromGuest);
+      spawnSync("mkfifo", [plain.fromGuest]);
+      await expect(runHookOverControlPort(plain, "wake", [], 1_000)).rejects.toThrow(/control\.in is not a fifo/);
+      expect(readFileSync(plain.toGuest, "utf8")).toBe("");
+    } finally {
+      rmSync(other, { recursive: true, force: true });
     }
   });
 
