@@ -36,7 +36,8 @@ import { linkIntoJail, moveOutOfJail, prepareJail, removeJail } from "./jail.js"
 import type { JailResource } from "./jail.js";
 import { jailIdentity, jailLayout, jailerArgv } from "./jailer-command.js";
 import type { JailLayout } from "./jailer-command.js";
-import { MetricsDrain, createFifo } from "./metrics-fifo.js";
+import { MetricsDrain } from "./metrics-fifo.js";
+import { createFifos } from "../system/fifo.js";
 import type { FirecrackerMetricsSample } from "./metrics-fifo.js";
 import { resolveSeccompFilter } from "./seccomp-filter.js";
 import type { SeccompOptions } from "./seccomp-filter.js";
@@ -228,7 +229,7 @@ export function createFirecrackerVmm(options: FirecrackerVmmOptions = {}): Firec
       const filter = await resolveSeccompFilter(policy, options.seccomp ?? {}, spec.runDir);
       const filterInVmm = filter === null ? null : await inVmm({ hostPath: filter, name: "seccomp-filter.bpf", ownedByJail: true });
       await writeFile(files.logHost, "", { mode: 0o600 });
-      await createFifo(files.metricsHost);
+      await createFifos(files.metricsHost);
       if (identity !== null) {
         await chown(files.logHost, identity.uid, identity.gid);
         await chown(files.metricsHost, identity.uid, identity.gid);

@@ -6,8 +6,6 @@
 
 import { constants, openSync } from "node:fs";
 import { Socket } from "node:net";
-import { execa } from "execa";
-import { MvmError } from "../../core/errors.js";
 
 /** Flattened numeric metrics: `pause_vm` or, for aggregate metrics, `pause_vm.sum_us`. Microseconds. */
 export type FirecrackerLatencies = Record<string, number>;
@@ -49,12 +47,6 @@ export function parseMetricsLine(line: string): FirecrackerMetricsSample | null 
     latenciesUs,
     processStartupTimeUs: typeof startup === "number" ? startup : null,
   };
-}
-
-/** Creates the FIFO (0600); an existing file of that name is an error the caller removes first. */
-export async function createFifo(path: string): Promise<void> {
-  const result = await execa("mkfifo", ["-m", "0600", path], { timeout: 5_000, reject: false, stdin: "ignore" });
-  if (result.exitCode !== 0) throw new MvmError("unavailable", `mkfifo ${path}: ${result.stderr.trim() || `exit ${result.exitCode}`}`);
 }
 
 export class MetricsDrain {

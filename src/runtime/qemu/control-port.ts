@@ -15,9 +15,9 @@ import { randomBytes } from "node:crypto";
 import { closeSync, constants, fstatSync, lstatSync, openSync, writeSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { Socket } from "node:net";
-import { execa } from "execa";
 import { type ExecResult, type GuestChannel, type GuestHook, type GuestTarget } from "../../core/data-plane-ports.js";
 import { unlinkIfPresent } from "../store/atomic-file.js";
+import { createFifos } from "../system/fifo.js";
 import { controlPortFiles, qemuRunFiles, type ControlPortFiles } from "./qemu-command.js";
 import { errnoCode } from "../store/process-identity.js";
 
@@ -31,8 +31,7 @@ const MAX_REPLY_BUFFER = 64 * 1024;
 /** Makes both FIFOs afresh (mode 0600) for a VM about to boot with the port. */
 export async function createControlPortFifos(files: ControlPortFiles): Promise<void> {
   for (const path of [files.toGuest, files.fromGuest]) await unlinkIfPresent(path);
-  const result = await execa("mkfifo", ["-m", "0600", files.toGuest, files.fromGuest], { reject: false, stdin: "ignore", timeout: 10_000 });
-  if (result.exitCode !== 0) throw new Error(`mkfifo for the control port in ${files.path}: ${String(result.stderr).trim() || `exit ${result.exitCode}`}`);
+  await createFifos(files.toGuest, files.fromGuest);
 }
 
 /** True when both FIFOs exist: the VM of this run directory was started with the control port. */
