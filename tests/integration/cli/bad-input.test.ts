@@ -1,17 +1,24 @@
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { fingerprint, runMvm, tempDataDir } from "../../helpers/mvm-cli.js";
 
 let data: ReturnType<typeof tempDataDir>;
+// Input files live beside the data dir, not in it, so that writing them does not change its fingerprint.
+let inputDir: string;
 const mvm = (...args: string[]) => runMvm(args, { dataDir: data.path });
 
 beforeAll(() => {
   data = tempDataDir();
+  inputDir = mkdtempSync(join(tmpdir(), "mvm-bad-input-"));
   expect(mvm("tenant", "create", "acme", "--subnet", "10.50.0.0/24").code).toBe(0);
   expect(mvm("pool", "create", "acme/web").code).toBe(0);
 });
-afterAll(() => data.cleanup());
+afterAll(() => {
+  data.cleanup();
+  rmSync(inputDir, { recursive: true, force: true });
+});
 
 interface BadCase {
   name: string;
@@ -65,7 +72,7 @@ const cases: BadCase[] = [
   { name: "a pool path with an extra segment", args: () => ["instance", "create", "acme/web/extra"], field: "path", rule: /<tenant>\/<pool>/ },
   {
     name: "a malformed desired-state JSON file",
-    args: () => ["desired", "validate", join(data.path, "..", `${process.pid}-desired.json`)],
+    args: () => ["desired", "validate", join(inputDir, "desired.json")],
     field: /desired|json|line|position/i,
     rule: /JSON/,
   },
@@ -75,8 +82,7 @@ const cases: BadCase[] = [
 
 describe("bad input: one clear line, a non-zero exit code, nothing written", () => {
   beforeAll(() => {
-    mkdirSync(join(data.path, ".."), { recursive: true });
-    writeFileSync(join(data.path, "..", `${process.pid}-desired.json`), '{"schema_version": 1, "tenants": [');
+    writeFileSync(join(inputDir, "desired.json"), '{"schema_version": 1, "tenants": [');
   });
 
   for (const c of cases) {
