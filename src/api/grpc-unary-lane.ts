@@ -11,7 +11,7 @@
 // the calls that go to Connect.
 
 import http2 from "node:http2";
-import { create, fromBinary, isMessage, toBinary, type DescMessage, type DescMethod, type DescService } from "@bufbuild/protobuf";
+import { create, fromBinary, isMessage, type DescMessage, type DescMethod, type DescService, type Message } from "@bufbuild/protobuf";
 import {
   Code,
   ConnectError,
@@ -22,6 +22,7 @@ import {
   type UnaryResponse,
 } from "@connectrpc/connect";
 import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
+import { encodeMessage } from "./proto-binary-encoder.js";
 
 /** A service and its implementation, as given to a Connect router. */
 export interface RegisteredService {
@@ -124,11 +125,11 @@ function outgoing(target: http2.OutgoingHttpHeaders, headers: Headers): void {
   });
 }
 
-function envelope(message: Uint8Array): Buffer {
-  const frame = Buffer.allocUnsafe(ENVELOPE_HEADER_BYTES + message.length);
+/** The reply message in a gRPC envelope: flag 0 (uncompressed), its length, its bytes, in one buffer. */
+function envelope(schema: DescMessage, message: Message): Buffer {
+  const frame = encodeMessage(schema, message as never, ENVELOPE_HEADER_BYTES);
   frame[0] = 0;
-  frame.writeUInt32BE(message.length, 1);
-  frame.set(message, ENVELOPE_HEADER_BYTES);
+  frame.writeUInt32BE(frame.length - ENVELOPE_HEADER_BYTES, 1);
   return frame;
 }
 
@@ -309,7 +310,7 @@ export function createGrpcUnaryLane(options: GrpcUnaryLaneOptions): GrpcUnaryLan
         (response) => {
           const trailer = response.trailer;
           trailer.set("grpc-status", "0");
-          reply(stream, response.header, trailer, envelope(toBinary(target.method.output as DescMessage, response.message as never)));
+          reply(stream, response.header, trailer, envelope(target.method.output as DescMessage, response.message));
           done();
         },
         (error: unknown) => {
