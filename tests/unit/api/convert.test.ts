@@ -17,15 +17,16 @@ import {
 import { AUDIT_ACTIONS, type AuditEntry } from "../../../src/core/observability-ports.js";
 import { auditEntryFromProto, auditEntryToProto, targetToResourceRef, resourceRefToTarget } from "../../../src/api/convert/audit.js";
 import { buildRevisionFromProto, buildRevisionToProto } from "../../../src/api/convert/build.js";
-import { auditActionFromProto, auditActionToProto, instanceStatusFromProto, instanceStatusToProto } from "../../../src/api/convert/enums.js";
+import { auditActionFromProto, auditActionToProto, conditionStatusToProto, hypervisorToProto, instanceStatusFromProto, instanceStatusToProto } from "../../../src/api/convert/enums.js";
 import { instanceFromProto, instanceToProto } from "../../../src/api/convert/instance.js";
 import { poolFromProto, poolSpecInputFromProto, poolSpecPatchFromMask, poolToProto } from "../../../src/api/convert/pool.js";
 import { quotaPatchFromProto, tenantFromProto, tenantToProto } from "../../../src/api/convert/tenant.js";
 import { isoToTimestamp, timestampToIso } from "../../../src/api/convert/timestamps.js";
 import { AuditAction } from "../../../gen/mvm/v1/audit_pb.js";
 import { BuildRevisionSchema } from "../../../gen/mvm/v1/build_pb.js";
-import { Hypervisor } from "../../../gen/mvm/v1/common_pb.js";
-import { InstanceSchema, InstanceStatus } from "../../../gen/mvm/v1/instance_pb.js";
+import { ConditionSchema, Hypervisor } from "../../../gen/mvm/v1/common_pb.js";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { IdleMetricsSchema, InstanceNetSchema, InstanceSchema, InstanceStatus, InstanceVmmSchema } from "../../../gen/mvm/v1/instance_pb.js";
 import { PoolSpecSchema, WorkerPoolSchema } from "../../../gen/mvm/v1/pool_pb.js";
 import { TenantQuotaSchema, TenantSchema } from "../../../gen/mvm/v1/tenant_pb.js";
 import { buildRecord, instanceRecord, poolRecord, tenantRecord } from "../store/fixtures.js";
@@ -203,6 +204,50 @@ describe("instance", () => {
         expect(instanceFromProto(wire(InstanceSchema, instanceToProto(instance)))).toEqual(instance);
       }),
       { numRuns: 200 },
+    );
+  });
+
+  it("builds the very message create() builds: same properties, same values, nothing extra", () => {
+    // The converter writes message literals for speed; this is the create() construction they stand for.
+    const viaCreate = (i: Instance) =>
+      create(InstanceSchema, {
+        schemaVersion: i.schemaVersion,
+        instanceId: i.instanceId,
+        tenantId: i.tenantId,
+        poolId: i.poolId,
+        status: instanceStatusToProto(i.status),
+        revision: i.revision,
+        net: create(InstanceNetSchema, { ...i.net }),
+        vmm:
+          i.vmm === null
+            ? undefined
+            : create(InstanceVmmSchema, { hypervisor: hypervisorToProto(i.vmm.hypervisor), pid: i.vmm.pid, pidStartTime: BigInt(i.vmm.pidStartTime), apiSocket: i.vmm.apiSocket }),
+        conditions: i.conditions.map((c) =>
+          create(ConditionSchema, { type: c.type, status: conditionStatusToProto(c.status), reason: c.reason, message: c.message, lastTransitionAt: timestampFromMs(Date.parse(c.lastTransitionAt)) }),
+        ),
+        idle: create(IdleMetricsSchema, {
+          idleS: i.idle.idleS,
+          cpuPct: i.idle.cpuPct,
+          netBytes: BigInt(i.idle.netBytes),
+          lastSampleAt: i.idle.lastSampleAt === null ? undefined : timestampFromMs(Date.parse(i.idle.lastSampleAt)),
+        }),
+        createdAt: timestampFromMs(Date.parse(i.createdAt)),
+        updatedAt: timestampFromMs(Date.parse(i.updatedAt)),
+        lastStartedAt: i.lastStartedAt === null ? undefined : timestampFromMs(Date.parse(i.lastStartedAt)),
+        lastStoppedAt: i.lastStoppedAt === null ? undefined : timestampFromMs(Date.parse(i.lastStoppedAt)),
+        lastSnapshotAt: i.lastSnapshotAt === null ? undefined : timestampFromMs(Date.parse(i.lastSnapshotAt)),
+        healthy: i.healthy,
+        lastHealthCheckAt: i.lastHealthCheckAt === null ? undefined : timestampFromMs(Date.parse(i.lastHealthCheckAt)),
+      });
+    fc.assert(
+      fc.property(instanceArb, (instance) => {
+        const literal = instanceToProto(instance);
+        const built = viaCreate(instance);
+        expect(literal).toStrictEqual(built);
+        expect(Object.keys(literal).sort()).toEqual(Object.keys(built).sort());
+        expect(toBinary(InstanceSchema, literal)).toEqual(toBinary(InstanceSchema, built));
+      }),
+      { numRuns: 300 },
     );
   });
 
