@@ -14,6 +14,7 @@
 //   is long.
 
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { HotCounter, HotHistogram } from "./hot-metrics.js";
 
 export const RPC_DURATION_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 export const BOOT_DURATION_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120];
@@ -46,8 +47,8 @@ export interface MetricsOptions {
 export interface Metrics {
   readonly registry: Registry;
   /** RPCs handled, by gRPC service (`mvm.v1.InstanceService`), method and status code name (`ok`, `not_found`, …). */
-  readonly rpcRequests: Counter<"service" | "method" | "code">;
-  readonly rpcDuration: Histogram<"service" | "method">;
+  readonly rpcRequests: HotCounter<"service" | "method" | "code">;
+  readonly rpcDuration: HotHistogram<"service" | "method">;
   /** Instance records by tenant, pool and status; maintained by `setInstanceCounts`. */
   readonly instances: Gauge<"tenant" | "pool" | "status">;
   /** State machine transitions taken (from status, to status, operation). */
@@ -97,19 +98,9 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
   const registers = [registry];
   if (options.processMetrics ?? true) collectDefaultMetrics({ register: registry });
 
-  const rpcRequests = new Counter({
-    name: `${p}rpc_requests_total`,
-    help: "RPCs handled, by service, method and status code",
-    labelNames: ["service", "method", "code"] as const,
-    registers,
-  });
-  const rpcDuration = new Histogram({
-    name: `${p}rpc_duration_seconds`,
-    help: "Latency of unary RPCs, seconds",
-    labelNames: ["service", "method"] as const,
-    buckets: RPC_DURATION_BUCKETS,
-    registers,
-  });
+  // Updated on every call: the lighter implementations (hot-metrics.ts), printed exactly as prom-client's.
+  const rpcRequests = new HotCounter(`${p}rpc_requests_total`, "RPCs handled, by service, method and status code", ["service", "method", "code"] as const, registers);
+  const rpcDuration = new HotHistogram(`${p}rpc_duration_seconds`, "Latency of unary RPCs, seconds", ["service", "method"] as const, RPC_DURATION_BUCKETS, registers);
   const instances = new Gauge({
     name: `${p}instances`,
     help: "Instance records by tenant, pool and status",
