@@ -6,8 +6,8 @@
 // gRPC-framed request, one call in flight at a time, so the ratio is the cost of everything the agent adds per
 // call (Connect routing, the call observer and auth interceptors, the handler, the store read, serialization).
 // The raw server replies with the agent's own response bytes, captured once, so both move the same payload.
-// The agent is the production composition (openNodeRuntime's adapters, FsStore on a temporary data root); pino
-// formats every log line but writes them nowhere, so terminal I/O is left out.
+// The agent is the production composition (openNodeRuntime's adapters, FsStore on a temporary data root, the agent's
+// own logger with its redaction); the logger formats every line but writes them nowhere, so terminal I/O is left out.
 // A third server, for the breakdown only, is Connect alone: the same adapter and TLS settings with a handler that
 // returns the captured response, no interceptors and no store; the ratio is still agent / raw.
 //
@@ -52,7 +52,7 @@ if (!existsSync(join(root, "dist/src/agent/server.js"))) {
 const { create, toBinary } = await import("@bufbuild/protobuf");
 const { createClient } = await import("@connectrpc/connect");
 const { connectNodeAdapter, createGrpcTransport } = await import("@connectrpc/connect-node");
-const { pino } = await import("pino");
+const { createAgentLogger } = await import(dist("src/agent/agent-logger.js"));
 const { buildAgentServer } = await import(dist("src/agent/server.js"));
 const { openNodeRuntime } = await import(dist("src/agent/node-runtime.js"));
 const { WatchHub } = await import(dist("src/core/watch-hub.js"));
@@ -142,7 +142,7 @@ async function main() {
       runtime,
       certStore,
       listen: { host: "127.0.0.1", port: 0 },
-      logger: pino({ level: "info" }, { write() {} }),
+      logger: createAgentLogger({ level: "info", destination: { write() {} } }),
       shutdownGraceMs: 200,
       certificateCheckIntervalMs: 0,
     });

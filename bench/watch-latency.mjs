@@ -58,7 +58,7 @@ if (!existsSync(join(root, "dist/src/agent/server.js"))) {
 
 const { createClient } = await import("@connectrpc/connect");
 const { createGrpcTransport } = await import("@connectrpc/connect-node");
-const { pino } = await import("pino");
+const { createAgentLogger } = await import(dist("src/agent/agent-logger.js"));
 const { buildAgentServer } = await import(dist("src/agent/server.js"));
 const { openNodeRuntime } = await import(dist("src/agent/node-runtime.js"));
 const { WatchHub } = await import(dist("src/core/watch-hub.js"));
@@ -107,7 +107,7 @@ async function main() {
       runtime,
       certStore,
       listen: { host: "127.0.0.1", port: 0 },
-      logger: pino({ level: "info" }, { write() {} }),
+      logger: createAgentLogger({ level: "info", destination: { write() {} } }),
       shutdownGraceMs: 200,
       certificateCheckIntervalMs: 0,
     });

@@ -23,11 +23,11 @@ function pair() {
 async function expectSameScrape(reference: Registry, hot: Registry): Promise<void> {
   expect(await hot.metrics()).toBe(await reference.metrics());
   expect(await hot.getMetricsAsJSON()).toEqual(await reference.getMetricsAsJSON());
-  reference.setContentType(Registry.OPENMETRICS_CONTENT_TYPE);
-  hot.setContentType(Registry.OPENMETRICS_CONTENT_TYPE);
+  reference.setContentType(Registry.OPENMETRICS_CONTENT_TYPE as never);
+  hot.setContentType(Registry.OPENMETRICS_CONTENT_TYPE as never);
   expect(await hot.metrics()).toBe(await reference.metrics());
-  reference.setContentType(Registry.PROMETHEUS_CONTENT_TYPE);
-  hot.setContentType(Registry.PROMETHEUS_CONTENT_TYPE);
+  reference.setContentType(Registry.PROMETHEUS_CONTENT_TYPE as never);
+  hot.setContentType(Registry.PROMETHEUS_CONTENT_TYPE as never);
 }
 
 describe("hot metrics", () => {
