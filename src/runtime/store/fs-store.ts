@@ -518,7 +518,7 @@ export class FsStore implements Store {
       await this.moveAside(path, read.ino, problem);
       return null;
     }
-    this.records.remember(path, read.stat, read.text);
+    this.records.remember(path, read.stat, read.value);
     return read.value as T;
   }
 

@@ -13,6 +13,27 @@
 
 import { lstatSync, type BigIntStats } from "node:fs";
 
+/**
+ * A deep copy of a value made of what JSON.parse makes (plain objects, arrays, strings, numbers, booleans, null):
+ * a few times cheaper than parsing the text again, and cheaper than structuredClone.
+ */
+export function cloneJson<T>(value: T): T {
+  if (value === null || typeof value !== "object") return value;
+  if (Array.isArray(value)) {
+    const out = new Array<unknown>(value.length);
+    for (let i = 0; i < value.length; i++) out[i] = cloneJson(value[i] as unknown);
+    return out as T;
+  }
+  const out: Record<string, unknown> = {};
+  for (const key in value) {
+    const copy = cloneJson((value as Record<string, unknown>)[key]);
+    // JSON.parse makes "__proto__" an own property; an assignment would set the copy's prototype instead.
+    if (key === "__proto__") Object.defineProperty(out, key, { value: copy, enumerable: true, writable: true, configurable: true });
+    else out[key] = copy;
+  }
+  return out as T;
+}
+
 export interface RecordCacheOptions {
   /** Records kept at most; the least recently stored goes first. */
   maxEntries?: number;
@@ -27,8 +48,8 @@ interface CachedRecord {
   size: bigint;
   mtimeNs: bigint;
   ctimeNs: bigint;
-  /** The validated text: parsed afresh for each reader (about a microsecond), so no two readers share an object. */
-  text: string;
+  /** The validated record, parsed once; each reader gets its own deep copy, so no two readers share an object. */
+  value: unknown;
 }
 
 const DEFAULT_MAX_ENTRIES = 20_000;
@@ -62,21 +83,24 @@ export class RecordCache {
       now.mtimeNs === entry.mtimeNs &&
       now.ctimeNs === entry.ctimeNs
     ) {
-      return JSON.parse(entry.text) as unknown;
+      return cloneJson(entry.value);
     }
     this.entries.delete(path);
     return undefined;
   }
 
-  /** Keeps `text`, read from the file that `stat` describes and found valid, if that file has settled. */
-  remember(path: string, stat: BigIntStats, text: string): void {
+  /**
+   * Keeps `value`, parsed from the file that `stat` describes and found valid, if that file has settled. The cache
+   * keeps a copy of its own: the caller may go on to change `value`.
+   */
+  remember(path: string, stat: BigIntStats, value: unknown): void {
     if (BigInt(Math.floor(this.nowMs())) * 1_000_000n - stat.ctimeNs < this.settleNs) return;
     this.entries.delete(path);
     if (this.entries.size >= this.maxEntries) {
       const oldest = this.entries.keys().next();
       if (oldest.done !== true) this.entries.delete(oldest.value);
     }
-    this.entries.set(path, { ino: stat.ino, size: stat.size, mtimeNs: stat.mtimeNs, ctimeNs: stat.ctimeNs, text });
+    this.entries.set(path, { ino: stat.ino, size: stat.size, mtimeNs: stat.mtimeNs, ctimeNs: stat.ctimeNs, value: cloneJson(value) });
   }
 
   get size(): number {

@@ -6,7 +6,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { afterEach, describe, expect, it } from "vitest";
 import { MvmError } from "../../../src/core/errors.js";
 import { FsStore } from "../../../src/runtime/store/fs-store.js";
-import { RecordCache } from "../../../src/runtime/store/record-cache.js";
+import { cloneJson, RecordCache } from "../../../src/runtime/store/record-cache.js";
 import { instanceRecord, poolRecord, tenantRecord } from "./fixtures.js";
 
 const scratchDirs: string[] = [];
@@ -41,7 +41,7 @@ async function cacheWithSettledRecord(text: string) {
   await writeFile(path, text);
   await sleep(PAST_SETTLE_MS);
   const cache = new RecordCache({ settleMs: SETTLE_MS });
-  cache.remember(path, statOf(path), text);
+  cache.remember(path, statOf(path), JSON.parse(text));
   return { dir, path, cache };
 }
 
@@ -60,6 +60,31 @@ describe("RecordCache", () => {
     expect(cache.size).toBe(0);
   });
 
+  it("hands out deep copies, and keeps its own copy of what it was given", async () => {
+    const dir = await scratch();
+    const path = join(dir, "r.json");
+    await writeFile(path, "{}");
+    await sleep(PAST_SETTLE_MS);
+    const cache = new RecordCache({ settleMs: SETTLE_MS });
+    const given = { a: { b: [1, { c: "x" }] }, n: null, t: true };
+    cache.remember(path, statOf(path), given);
+    (given.a.b[1] as { c: string }).c = "changed by the caller";
+    const first = cache.lookup(path) as typeof given;
+    expect(first).toEqual({ a: { b: [1, { c: "x" }] }, n: null, t: true });
+    (first.a.b[1] as { c: string }).c = "changed by a reader";
+    first.a.b.push(2);
+    expect(cache.lookup(path)).toEqual({ a: { b: [1, { c: "x" }] }, n: null, t: true });
+  });
+
+  it('copies a "__proto__" key as the own property JSON.parse made, not as the copy\'s prototype', () => {
+    const parsed = JSON.parse('{"__proto__": {"polluted": true}, "k": 1}') as Record<string, unknown>;
+    const copy = cloneJson(parsed);
+    expect(Object.getPrototypeOf(copy)).toBe(Object.prototype);
+    expect((copy as { polluted?: boolean }).polluted).toBeUndefined();
+    expect(Object.keys(copy)).toEqual(["__proto__", "k"]);
+    expect(Object.getOwnPropertyDescriptor(copy, "__proto__")?.value).toEqual({ polluted: true });
+  });
+
   it("misses when the file changed in place, or is gone", async () => {
     const { path, cache } = await cacheWithSettledRecord('{"v":1}');
     // Same inode, same size: only the times tell, and the settle rule makes them differ.
@@ -67,7 +92,7 @@ describe("RecordCache", () => {
     expect(cache.lookup(path)).toBeUndefined();
 
     await sleep(PAST_SETTLE_MS);
-    cache.remember(path, statOf(path), '{"v":2}');
+    cache.remember(path, statOf(path), { v: 2 });
     await rm(path);
     expect(cache.lookup(path)).toBeUndefined();
   });
@@ -77,7 +102,7 @@ describe("RecordCache", () => {
     const path = join(dir, "r.json");
     await writeFile(path, '{"v":1}');
     const cache = new RecordCache({ settleMs: 60_000 });
-    cache.remember(path, statOf(path), '{"v":1}');
+    cache.remember(path, statOf(path), { v: 1 });
     expect(cache.size).toBe(0);
     expect(cache.lookup(path)).toBeUndefined();
   });
@@ -88,7 +113,7 @@ describe("RecordCache", () => {
     for (const p of paths) await writeFile(p, "{}");
     await sleep(PAST_SETTLE_MS);
     const cache = new RecordCache({ settleMs: SETTLE_MS, maxEntries: 2 });
-    for (const p of paths) cache.remember(p, statOf(p), "{}");
+    for (const p of paths) cache.remember(p, statOf(p), {});
     expect(cache.size).toBe(2);
     expect(cache.lookup(paths[0]!)).toBeUndefined();
     expect(cache.lookup(paths[2]!)).toEqual({});
