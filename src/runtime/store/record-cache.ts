@@ -4,7 +4,7 @@
 //
 // Why one lstat is enough. Every writer replaces a record by rename (atomic-file.ts), which gives the path a new
 // inode and sets its ctime; the cache keeps the inode, size, mtime and ctime that were fstat'ed on the descriptor the
-// cached text was read from. If all four still match, the path names the very file that was read and validated, not
+// cached record was read from. If all four still match, the path names the very file that was read and validated, not
 // changed since (so the directory checks made on that read still hold for the data returned).
 // One gap is closed by the settle rule: file timestamps come from a coarse clock (a few ms), and a freed inode number
 // can be reused at once, so a record written twice within one tick could come back with the same inode, size and
