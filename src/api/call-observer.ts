@@ -4,11 +4,59 @@
 // caller and the tenant/pool/instance it named. Unexpected errors are logged with their stack; the client only
 // sees INTERNAL_ERROR_MESSAGE.
 
+import type { DescMethod } from "@bufbuild/protobuf";
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import type { Logger } from "pino";
+import { Health } from "../../gen/grpc/health/v1/health_pb.js";
+import { ServerReflection as ServerReflectionV1 } from "../../gen/grpc/reflection/v1/reflection_pb.js";
+import { ServerReflection as ServerReflectionV1alpha } from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
+import { AgentService } from "../../gen/mvm/v1/agent_service_pb.js";
+import { FleetService } from "../../gen/mvm/v1/fleet_service_pb.js";
+import { InstanceService } from "../../gen/mvm/v1/instance_service_pb.js";
+import { NodeService } from "../../gen/mvm/v1/node_service_pb.js";
+import { PoolService } from "../../gen/mvm/v1/pool_service_pb.js";
+import { ReconcileService } from "../../gen/mvm/v1/reconcile_service_pb.js";
+import { TenantService } from "../../gen/mvm/v1/tenant_service_pb.js";
 import type { Metrics } from "../platform/metrics.js";
 import { CALLER_KEY, describeCaller, REQUEST_ID_HEADER, REQUEST_ID_KEY, requestIdFrom } from "./auth.js";
 import { isUnexpected, toConnectError } from "./errors.js";
+
+/**
+ * RPCs that change nothing. A successful call of one of these is logged at debug rather than info: reads come at a
+ * high rate (a coordinator's status polls, health checks, dashboards), and formatting a line for each was a sizeable
+ * part of a read's cost (bench/rpc-latency.mjs). What changes state, and every refusal and failure, stays at info
+ * and above, and the audit log keeps every mutation. A method missing here is logged at info: the safe default.
+ */
+export const SIDE_EFFECT_FREE_METHODS: ReadonlySet<DescMethod> = new Set<DescMethod>([
+  AgentService.method.getVersion,
+  AgentService.method.getCertificateStatus,
+  AgentService.method.watchAudit,
+  AgentService.method.tailAudit,
+  AgentService.method.verifyAudit,
+  FleetService.method.listNodes,
+  FleetService.method.watchFleetInstances,
+  InstanceService.method.getInstance,
+  InstanceService.method.getInstanceStats,
+  InstanceService.method.listInstances,
+  InstanceService.method.streamInstanceLogs,
+  InstanceService.method.watchInstances,
+  NodeService.method.getNodeInfo,
+  NodeService.method.getNodeStats,
+  NodeService.method.getCapabilities,
+  NodeService.method.getDiskUsage,
+  PoolService.method.getPool,
+  PoolService.method.listPools,
+  PoolService.method.listBuilds,
+  ReconcileService.method.getDesiredState,
+  ReconcileService.method.planDesiredState,
+  ReconcileService.method.watchReconcileReports,
+  TenantService.method.getTenant,
+  TenantService.method.listTenants,
+  Health.method.check,
+  Health.method.watch,
+  ServerReflectionV1.method.serverReflectionInfo,
+  ServerReflectionV1alpha.method.serverReflectionInfo,
+]);
 
 /** `NotFound` → `not_found`, as the metrics label the codes. */
 export function codeLabel(code: Code | "ok"): string {
@@ -57,6 +105,9 @@ export function createCallObserver(options: CallObserverOptions): Interceptor {
       const label = codeLabel(code);
       metrics.rpcRequests.inc({ service, method, code: label });
       if (!req.stream) metrics.rpcDuration.observe({ service, method }, seconds);
+      const read = mapped === null && code === "ok" && SIDE_EFFECT_FREE_METHODS.has(req.method);
+      // Not even the line is built when it would be dropped.
+      if (read && !logger.isLevelEnabled("debug")) return null;
       const caller = req.contextValues.get(CALLER_KEY);
       const line = {
         reqId: requestId,
@@ -66,7 +117,8 @@ export function createCallObserver(options: CallObserverOptions): Interceptor {
         code: label,
         durationMs: Math.round(seconds * 1000 * 100) / 100,
       };
-      if (mapped === null) logger.info(line, code === "ok" ? "rpc ok" : "rpc canceled by the client");
+      if (read) logger.debug(line, "rpc ok");
+      else if (mapped === null) logger.info(line, code === "ok" ? "rpc ok" : "rpc canceled by the client");
       else if (isUnexpected(error)) logger.error({ ...line, err: error }, `rpc failed: ${mapped.rawMessage}`);
       else logger.info({ ...line, reason: mapped.rawMessage }, "rpc refused");
       mapped?.metadata.set(REQUEST_ID_HEADER, requestId);
