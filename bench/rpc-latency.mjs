@@ -15,7 +15,7 @@
 //   --calls   measured calls per server (default 2000), interleaved in rounds of 100 to share the machine's noise
 //   --warmup  calls per server before measuring (default 3000). The agent is a long-running daemon, so its steady
 //             state is what counts: V8 optimizes its longer path only after a few thousand calls (measured p50 ratio
-//             3.1 after 300 warm-up calls, 2.4-2.5 after 3000 or 6000; raw's p50 does not move).
+//             2.5 after 300 warm-up calls, 1.8-1.95 after 3000 or 6000; raw's p50 does not move).
 //   --check   exit 1 when the p50 ratio is above the target
 
 import { existsSync } from "node:fs";
