@@ -34,6 +34,8 @@ export const GUEST_HOOKS = {
 
 export const DEFAULT_SLEEP_PREP_TIMEOUT_MS = 10_000;
 export const DEFAULT_WAKE_READY_TIMEOUT_MS = 30_000;
+/** How long a resume waits for the guest's wake hook (its clock) before it reports the instance running anyway, ms. */
+export const DEFAULT_RESUME_HOOK_TIMEOUT_MS = 5_000;
 /** Pause between attempts to reach a restored guest whose SSH server does not answer yet, ms. */
 const WAKE_RETRY_MS = 200;
 
@@ -120,8 +122,18 @@ export async function warmInstance(deps: DataPlaneDeps, key: InstanceKey): Promi
   });
 }
 
-/** warm → running. A running instance returns unchanged. */
-export async function resumeInstance(deps: DataPlaneDeps, key: InstanceKey): Promise<Instance> {
+export interface ResumeOptions {
+  /** How long the guest's wake hook may take after the vCPUs run again, ms. */
+  hookTimeoutMs?: number;
+}
+
+/**
+ * warm → running. A running instance returns unchanged. The guest's clock stood still while its vCPUs were paused
+ * (QEMU and Firecracker both stop the guest's clock with them), so the guest's wake hook runs with the host's time,
+ * as after a wake. The VM was never stopped, so a hook that fails does not undo the resume: the instance runs, and its
+ * Ready condition says the clock was not set.
+ */
+export async function resumeInstance(deps: DataPlaneDeps, key: InstanceKey, options: ResumeOptions = {}): Promise<Instance> {
   return audited(deps, { tenantId: key.tenantId, action: "instance_resume", target: target(key) }, async () => {
     return deps.store.withTenantLock(key.tenantId, async () => {
       const { tenant, pool, instance } = await load(deps, key);
@@ -130,11 +142,12 @@ export async function resumeInstance(deps: DataPlaneDeps, key: InstanceKey): Pro
       const { vmm, process } = await liveProcess(deps, instance, "resume");
       await vmm.resume(process);
       try {
+        const hook = await runResumeHook(deps, { ...instance, status: "running" }, options.hookTimeoutMs ?? DEFAULT_RESUME_HOOK_TIMEOUT_MS);
         const now = timestamp(deps.clock);
         const running: Instance = {
           ...instance,
           status: "running",
-          conditions: setCondition(withoutIdleMark(instance.conditions), { type: "Ready", status: "true", reason: "Resumed", message: "vcpus resumed" }, now),
+          conditions: setCondition(withoutIdleMark(instance.conditions), { type: "Ready", status: "true", reason: "Resumed", message: `vcpus resumed; ${hook}` }, now),
           updatedAt: now,
         };
         await deps.store.putInstance(running);
@@ -144,6 +157,16 @@ export async function resumeInstance(deps: DataPlaneDeps, key: InstanceKey): Pro
       }
     });
   });
+}
+
+/** Runs the wake hook after a resume; says what became of the guest's clock, for the Ready condition. */
+async function runResumeHook(deps: DataPlaneDeps, instance: Instance, timeoutMs: number): Promise<string> {
+  try {
+    await runWakeHook(deps, instance, timeoutMs);
+    return "guest clock set from the host";
+  } catch (e) {
+    return `guest clock not set: ${(e as Error).message.slice(0, 200)}`;
+  }
 }
 
 async function undo(what: string, step: () => Promise<void>): Promise<string[]> {

@@ -122,13 +122,18 @@ describe.skipIf(skipReason !== null)("sleep and wake of a real microVM", () => {
     expect(counter().value).toBeGreaterThan(0);
   }, 600_000);
 
-  it("warm pauses the guest and resume continues the same counter", () => {
+  it("warm pauses the guest and resume continues the same counter, with the guest's clock set again", () => {
     const before = counter();
     const warm = ok(mvm("instance", "warm", path, "-o", "json"));
     expect(warm.status).toBe("warm");
     // A paused guest cannot run a command.
     expect(mvm("instance", "exec", path, "--", "true").code).toBe(5);
-    expect(ok(mvm("instance", "resume", path, "-o", "json")).status).toBe("running");
+    // The guest's clock stands still while it is paused: 5 s paused would leave it 5 s behind without the wake hook.
+    spawnSync("sleep", ["5"]);
+    const resumed = ok(mvm("instance", "resume", path, "-o", "json"));
+    expect(resumed.status).toBe("running");
+    expect(resumed.conditions.find((c: { type: string }) => c.type === "Ready")?.message).toBe("vcpus resumed; guest clock set from the host");
+    expect(Math.abs(clockOffsetSeconds())).toBeLessThan(2);
     spawnSync("sleep", ["0.5"]);
     const after = counter();
     expect(after.pid).toBe(before.pid);

@@ -71,6 +71,32 @@ describe("warm and resume", () => {
     expect(plane.paused.has(running.vmm!.pid)).toBe(false);
   });
 
+  it("resume runs the guest's wake hook with the host's time, since the guest's clock stood still while paused", async () => {
+    const running = await runningInstance();
+    await warmInstance(deps, keyOf(running));
+    const hooks: string[][] = [];
+    deps = {
+      ...deps,
+      guest: guestRunning(async (_target, argv) => {
+        hooks.push([...argv]);
+        return { exitCode: 0, stdout: "", stderr: "" };
+      }),
+    };
+    const resumed = await resumeInstance(deps, keyOf(running));
+    expect(hooks).toEqual([[GUEST_HOOKS.wake, String(Math.floor(deps.clock.nowMs() / 1000))]]);
+    expect(resumed.conditions.find((c) => c.type === "Ready")).toMatchObject({ status: "true", reason: "Resumed", message: "vcpus resumed; guest clock set from the host" });
+  });
+
+  it("a resume whose wake hook fails still runs the instance, and its Ready condition says the clock was not set", async () => {
+    const running = await runningInstance();
+    await warmInstance(deps, keyOf(running));
+    deps = { ...deps, guest: guestRunning(async () => ({ exitCode: 2, stdout: "", stderr: "hwclock: no rtc" })) };
+    const resumed = await resumeInstance(deps, keyOf(running));
+    expect(resumed.status).toBe("running");
+    expect(plane.paused.has(running.vmm!.pid)).toBe(false);
+    expect(resumed.conditions.find((c) => c.type === "Ready")?.message).toMatch(/^vcpus resumed; guest clock not set: .*exited 2: hwclock: no rtc/);
+  });
+
   it("is idempotent in the target state", async () => {
     const running = await runningInstance();
     expect(await resumeInstance(deps, keyOf(running))).toEqual(running);
