@@ -2,14 +2,16 @@
 // Sleep and wake (SPEC §7). Three measurements, ratios from this one run:
 //
 // 1. wake-to-ready against cold-start-to-ready for the same pool (256 MiB): `wakeInstance` until the guest's wake
-//    hook has answered over SSH, against `startInstance` until the guest reports ready. Target: median ratio <= 0.20.
+//    hook has answered (over the control port, as mvm runs it on QEMU), against `startInstance` until the guest
+//    reports ready. Target: median ratio <= 0.20.
 // 2. wake against restoring the very same snapshot with a direct QEMU command: before mvm wakes the instance, this
 //    script copies the migration stream and the instance's disks, starts QEMU itself with the argv mvm's adapter
 //    builds for a restore (buildQemuArgv with `incoming`), feeds the stream over QMP (`migrate-incoming`, `cont`)
-//    and times until the guest's own wake hook has run over SSH (clock set from the host's time, secrets disk — a
-//    copy of the instance's — mounted again), exactly what mvm's wake waits for, so the ratio is what mvm adds
-//    around the restore. A second figure, for reference, stops at a bare `ssh true` instead. It uses the instance's
-//    own TAP, which a sleeping instance keeps while no VMM holds it. Target: median ratio <= 1.10.
+//    and times until the guest's own wake hook has run through the same control port (SSH for a guest without one;
+//    clock set from the host's time, secrets disk — a copy of the instance's — mounted again), exactly what mvm's
+//    wake waits for, so the ratio is what mvm adds around the restore. A second figure, for reference, stops at a
+//    bare `ssh true` instead. It uses the instance's own TAP, which a sleeping instance keeps while no VMM holds it.
+//    Target: median ratio <= 1.10.
 // 3. sleep time (sleep-prep hook, pause, migration stream, compression, hashing, VMM exit) and snapshot size for
 //    128, 256 and 512 MiB guests, without compression and with lz4 and zstd, as a table.
 //
