@@ -92,6 +92,14 @@ export interface Vmm {
    * running.
    */
   restore(spec: VmLaunchSpec, snapshot: VmSnapshotFiles): Promise<VmmProcess>;
+  /**
+   * Optional: readies, while the caller still checks the snapshot, what the `restore` of the instance with this run
+   * directory starts from (QEMU: a launcher already placed in the cgroups, which runs nothing until the restore hands
+   * it the VMM's command). Starts no VMM. What no restore takes is ended by `discardPrepared`.
+   */
+  prepareRestore?(launch: { runDir: string; cgroupProcsFiles: readonly string[] }): Promise<void>;
+  /** Ends what `prepareRestore` readied for this run directory, if a restore did not take it. Idempotent. */
+  discardPrepared?(runDir: string): Promise<void>;
   /** Asks the guest to power off, waits up to `timeoutMs`, then kills the VMM. Idempotent. */
   shutdown(vmm: VmmProcess, timeoutMs: number): Promise<void>;
   /** True when the process with this pid and start time still runs. */

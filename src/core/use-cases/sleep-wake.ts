@@ -258,7 +258,8 @@ export async function instanceSnapshot(deps: DataPlaneDeps, key: InstanceKey): P
 /**
  * sleeping → running: quota, snapshot hash and host stamp are checked before anything starts; then network, cgroup
  * and a fresh secrets disk are ensured, a new VMM restores the snapshot and resumes, and the guest's wake hook (clock,
- * secrets) runs. The instance is running once that hook answers; the snapshot is removed only then.
+ * secrets) runs. The instance is running once that hook answers; the snapshot is removed only then. While the hash is
+ * checked, the VMM's launcher may already wait in the new cgroup (Vmm.prepareRestore): it runs nothing until then.
  */
 export async function wakeInstance(deps: DataPlaneDeps, key: InstanceKey, options: WakeOptions = {}): Promise<Instance> {
   return audited(deps, { tenantId: key.tenantId, action: "instance_wake", target: target(key) }, async () => {
@@ -293,10 +294,16 @@ export async function wakeInstance(deps: DataPlaneDeps, key: InstanceKey, option
         const netPlan = tenantNetworkPlan(tenant, deps.metadataPort);
         const prepareNetwork = () =>
           deps.network.ensureInstanceNetwork(netPlan, { name: instance.net.tapName, mac: instance.net.mac, guestIp: instance.net.guestIp });
+        rollback.add("end the prepared launcher", () => vmm.discardPrepared?.(files.runDir) ?? Promise.resolve());
         const [snapshot, network, cgroup, prepared] = await Promise.allSettled([
           deps.snapshots.open(files.snapshotDir, meta),
           prepareNetwork(),
-          deps.cgroups.ensure(cgroupKey(instance), deps.cgroupLimits(pool)),
+          // Once the cgroup exists the VMM's launcher can wait in it while the hash is checked (it runs nothing before
+          // the restore); without it the restore simply starts one.
+          deps.cgroups.ensure(cgroupKey(instance), deps.cgroupLimits(pool)).then(async (placed) => {
+            await vmm.prepareRestore?.({ runDir: files.runDir, cgroupProcsFiles: placed.procsFiles }).catch(() => undefined);
+            return placed;
+          }),
           // The disks exactly as the instance slept with them (root and data kept), plus a fresh secrets disk.
           instanceDisks(deps, { tenant, pool, instance, revision: meta.revision, hypervisor: meta.hypervisor, root: "keep" }),
         ]);

@@ -5,6 +5,11 @@
 // cgroup.procs file and then execs the VMM, so the VMM starts inside its groups (SPEC §6.4). The network namespace is
 // entered after that, with `ip netns exec`, because entering it remounts /sys and hides /sys/fs/cgroup. exec keeps
 // the pid at every step (sh → ip → VMM), so the pid returned here is the VMM's.
+//
+// A launcher can also be parked (`parkVmmLauncher`): started and placed in its cgroups ahead of time, it waits for
+// its command on stdin and runs nothing until it gets one. A wake parks one while the snapshot's hash is checked, so
+// that neither the spawn nor the first cgroup join (which waits for an RCU grace period, 6-15 ms here) is left for
+// after the check; the VMM itself still starts only once the check has passed.
 
 import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
@@ -29,6 +34,25 @@ export const JOIN_CGROUPS_THEN_EXEC_SCRIPT = [
   "done",
   'echo "launcher: no command after --" >&2',
   "exit 125",
+].join("\n");
+
+/**
+ * Run as `sh -c SCRIPT sh <procs file>...` with stdin a pipe from the caller: joins the groups, then reads the
+ * command from stdin (a line with the number of arguments, then one argument per line) and execs it with stdin from
+ * /dev/null. End of input before a whole command (the caller discarded it, or went away) ends it with status 125,
+ * having run nothing.
+ */
+export const PARKED_LAUNCHER_SCRIPT = [
+  'for file do echo "$$" > "$file" || exit 125; done',
+  "IFS= read -r count || exit 125",
+  'case "$count" in ""|*[!0-9]*) exit 125;; esac',
+  "set --",
+  'while [ "$count" -gt 0 ]; do',
+  '  IFS= read -r arg || exit 125',
+  '  set -- "$@" "$arg"',
+  "  count=$((count - 1))",
+  "done",
+  'exec "$@" < /dev/null',
 ].join("\n");
 
 const SHELL = "/bin/sh";
@@ -65,17 +89,22 @@ export interface SpawnedVmm {
   startTime: number;
 }
 
+/** What the launcher execs: the VMM's argv, behind `ip netns exec <netns>` when it runs in a namespace. */
+export function vmmCommand(options: Pick<SpawnVmmOptions, "argv" | "netns" | "ipBinary">): string[] {
+  if (options.argv.length === 0 || options.argv[0] === "") throw invalidField("argv", "must name a program");
+  if (options.netns !== null && !/^[A-Za-z0-9_.-]{1,64}$/.test(options.netns)) {
+    throw invalidField("netns", "must be 1-64 characters of [A-Za-z0-9_.-]");
+  }
+  return options.netns === null ? [...options.argv] : [options.ipBinary ?? "ip", "netns", "exec", options.netns, ...options.argv];
+}
+
 /** Full argv of the launcher: the fixed script, the procs files as parameters, `--`, then the command to exec. */
 export function vmmLauncherArgv(options: Pick<SpawnVmmOptions, "argv" | "netns" | "cgroupProcsFiles" | "ipBinary">): string[] {
   if (options.argv.length === 0 || options.argv[0] === "") throw invalidField("argv", "must name a program");
   for (const [i, file] of options.cgroupProcsFiles.entries()) {
     if (!isAbsolute(file)) throw invalidField(`cgroup_procs_files[${i}]`, "must be an absolute path");
   }
-  if (options.netns !== null && !/^[A-Za-z0-9_.-]{1,64}$/.test(options.netns)) {
-    throw invalidField("netns", "must be 1-64 characters of [A-Za-z0-9_.-]");
-  }
-  const command = options.netns === null ? [...options.argv] : [options.ipBinary ?? "ip", "netns", "exec", options.netns, ...options.argv];
-  return [SHELL, "-c", JOIN_CGROUPS_THEN_EXEC_SCRIPT, "sh", ...options.cgroupProcsFiles, "--", ...command];
+  return [SHELL, "-c", JOIN_CGROUPS_THEN_EXEC_SCRIPT, "sh", ...options.cgroupProcsFiles, "--", ...vmmCommand(options)];
 }
 
 /**
@@ -85,13 +114,27 @@ export function vmmLauncherArgv(options: Pick<SpawnVmmOptions, "argv" | "netns" 
 export async function spawnVmm(options: SpawnVmmOptions): Promise<SpawnedVmm> {
   const [program, ...args] = vmmLauncherArgv(options);
   const shellExe = await realpath(SHELL);
+  const { child, exit } = await startDetached(program as string, args, "ignore", options);
+  return awaitExec(child, exit, shellExe, options);
+}
+
+/**
+ * Starts `program` in its own session, its output appended to the log file, and resolves once it runs. The child is
+ * unreferenced: the caller's process may exit while it runs on.
+ */
+async function startDetached(
+  program: string,
+  args: readonly string[],
+  stdin: "ignore" | "pipe",
+  options: { logFile: string; cwd: string },
+): Promise<{ child: ChildProcess; exit: { status(): string | null } }> {
   const logFd = openSync(options.logFile, "a", 0o600);
   let child: ChildProcess;
   try {
-    child = spawn(program as string, args, {
+    child = spawn(program, args, {
       cwd: options.cwd,
       detached: true,
-      stdio: ["ignore", logFd, logFd],
+      stdio: [stdin, logFd, logFd],
       // The VMM needs nothing from the caller's environment, which may hold credentials.
       env: { PATH: process.env.PATH ?? DEFAULT_PATH },
     });
@@ -105,8 +148,17 @@ export async function spawnVmm(options: SpawnVmmOptions): Promise<SpawnedVmm> {
     throw new MvmError("unavailable", `starting vmm: ${describe(e)}`, [], { cause: e });
   }
   child.unref();
-  const pid = child.pid as number;
+  return { child, exit };
+}
 
+/** Waits until the launcher has exec'd the VMM, then writes the pid file. */
+async function awaitExec(
+  child: ChildProcess,
+  exit: { status(): string | null },
+  shellExe: string,
+  options: Pick<SpawnVmmOptions, "logFile" | "pidFile" | "startTimeoutMs">,
+): Promise<SpawnedVmm> {
+  const pid = child.pid as number;
   const deadline = Date.now() + (options.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS);
   let startTime: number | null = null;
   for (;;) {
@@ -128,6 +180,77 @@ export async function spawnVmm(options: SpawnVmmOptions): Promise<SpawnedVmm> {
   // (the start time must match as well).
   await writeFileAtomic(options.pidFile, `${pid} ${startTime}\n`, { mode: 0o600, durable: false });
   return { pid, startTime };
+}
+
+export interface ParkVmmLauncherOptions {
+  /** Absolute `cgroup.procs` paths the launcher joins at once. May be empty. */
+  cgroupProcsFiles: readonly string[];
+  /** Receives the launcher's and then the VMM's stdout and stderr (appended, created 0600). */
+  logFile: string;
+  /** Working directory of the VMM. */
+  cwd: string;
+  /** A parked launcher not given its command within this time is ended, ms. Default 60000. */
+  parkTimeoutMs?: number;
+}
+
+/** A launcher in its cgroups, waiting for the command it is to exec. */
+export interface ParkedLauncher {
+  readonly pid: number;
+  readonly cgroupProcsFiles: readonly string[];
+  /** Hands over the VMM's command (the same options as `spawnVmm`'s, less the groups) and waits until it runs. */
+  exec(options: Omit<SpawnVmmOptions, "cgroupProcsFiles" | "logFile" | "cwd">): Promise<SpawnedVmm>;
+  /** Ends the launcher, which has run nothing; idempotent, and a no-op once `exec` was called. */
+  discard(): void;
+}
+
+const DEFAULT_PARK_TIMEOUT_MS = 60_000;
+
+/**
+ * Starts a launcher, detached as `spawnVmm`'s is, that joins `cgroupProcsFiles` now and execs nothing until `exec`.
+ * Resolves once the process runs; a failure to join a group shows when `exec` is called.
+ */
+export async function parkVmmLauncher(options: ParkVmmLauncherOptions): Promise<ParkedLauncher> {
+  for (const [i, file] of options.cgroupProcsFiles.entries()) {
+    if (!isAbsolute(file)) throw invalidField(`cgroup_procs_files[${i}]`, "must be an absolute path");
+  }
+  const shellExe = await realpath(SHELL);
+  const { child, exit } = await startDetached(SHELL, ["-c", PARKED_LAUNCHER_SCRIPT, "sh", ...options.cgroupProcsFiles], "pipe", options);
+  const stdin = child.stdin!;
+  // A write to a launcher that has already exited (it could not join a group) must not become an unhandled error.
+  stdin.on("error", () => undefined);
+  let state: "parked" | "running" | "discarded" = "parked";
+  const discard = () => {
+    if (state !== "parked") return;
+    state = "discarded";
+    clearTimeout(timer);
+    // End of input: the launcher exits 125 without running anything; the kill covers one stuck before its read.
+    stdin.end();
+    if (exit.status() === null) child.kill("SIGKILL");
+  };
+  const timer = setTimeout(discard, options.parkTimeoutMs ?? DEFAULT_PARK_TIMEOUT_MS);
+  timer.unref();
+  return {
+    pid: child.pid as number,
+    cgroupProcsFiles: [...options.cgroupProcsFiles],
+    async exec(command) {
+      if (state !== "parked") throw new MvmError("unavailable", `starting vmm: the parked launcher was ${state === "running" ? "used" : "discarded"} already`);
+      let argv: string[];
+      try {
+        argv = vmmCommand(command);
+        for (const [i, arg] of argv.entries()) {
+          if (/[\n\0]/.test(arg)) throw invalidField(`argv[${i}]`, "must not contain a newline or NUL (the parked launcher reads one argument per line)");
+        }
+      } catch (e) {
+        discard();
+        throw e;
+      }
+      state = "running";
+      clearTimeout(timer);
+      stdin.end(`${argv.length}\n${argv.map((a) => `${a}\n`).join("")}`);
+      return awaitExec(child, exit, shellExe, { ...command, logFile: options.logFile });
+    },
+    discard,
+  };
 }
 
 /** The pid and start time a pid file written by `spawnVmm` holds, or null when it is missing or malformed. */

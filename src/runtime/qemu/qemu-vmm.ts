@@ -7,7 +7,7 @@ import { join } from "node:path";
 import type { VmLaunchSpec, Vmm, VmmCapabilities, VmmProcess, VmSnapshotFiles, VmSnapshotType } from "../../core/data-plane-ports.js";
 import { MvmError, failedPrecondition } from "../../core/errors.js";
 import { isSameProcess } from "../process/proc-stat.js";
-import { readVmmPidFile, spawnVmm } from "../process/spawn-vmm.js";
+import { parkVmmLauncher, readVmmPidFile, spawnVmm, type ParkedLauncher } from "../process/spawn-vmm.js";
 import { terminateProcess, waitForProcessExit, watchForExit } from "../process/terminate.js";
 import { unlinkIfPresent } from "../store/atomic-file.js";
 import { waitForGuestReady } from "./guest-ready.js";
@@ -75,8 +75,19 @@ export function createQemuVmm(options: QemuVmmOptions = {}): Vmm {
     exitWatch: { signal: AbortSignal; stop(): void };
   }
 
-  /** Spawns QEMU for `spec` (to boot, or to receive a migration stream) and returns once the process runs. */
-  async function spawnQemu(spec: VmLaunchSpec, incoming: boolean): Promise<Started> {
+  /** Launchers parked by `prepareRestore`, by run directory, until their restore takes them. */
+  const parked = new Map<string, ParkedLauncher>();
+
+  function discardParked(runDir: string): void {
+    parked.get(runDir)?.discard();
+    parked.delete(runDir);
+  }
+
+  /**
+   * Spawns QEMU for `spec` (to boot, or to receive a migration stream) and returns once the process runs. A parked
+   * launcher placed in the same groups is used instead of a new one.
+   */
+  async function spawnQemu(spec: VmLaunchSpec, incoming: boolean, launcher?: ParkedLauncher): Promise<Started> {
     const started = Date.now();
     const accel = await chooseAccel();
     const hostTscKhz = accel === "tcg" ? await readHostTscKhz() : null;
@@ -104,15 +115,24 @@ export function createQemuVmm(options: QemuVmmOptions = {}): Vmm {
     await writeFile(files.vmmLog, "", { mode: 0o600 });
 
     const what = incoming ? "restoring" : "booting";
-    const spawned = await spawnVmm({
-      argv,
-      netns: spec.netns,
-      cgroupProcsFiles: spec.cgroupProcsFiles,
-      logFile: files.vmmLog,
-      pidFile: files.launcherPidFile,
-      cwd: spec.runDir,
-      ...(options.ipBinary === undefined ? {} : { ipBinary: options.ipBinary }),
-    }).catch((e) => {
+    const sameGroups =
+      launcher !== undefined &&
+      launcher.cgroupProcsFiles.length === spec.cgroupProcsFiles.length &&
+      launcher.cgroupProcsFiles.every((file, i) => file === spec.cgroupProcsFiles[i]);
+    if (!sameGroups) launcher?.discard();
+    const ipBinary = options.ipBinary === undefined ? {} : { ipBinary: options.ipBinary };
+    const spawned = await (sameGroups
+      ? launcher!.exec({ argv, netns: spec.netns, pidFile: files.launcherPidFile, ...ipBinary })
+      : spawnVmm({
+          argv,
+          netns: spec.netns,
+          cgroupProcsFiles: spec.cgroupProcsFiles,
+          logFile: files.vmmLog,
+          pidFile: files.launcherPidFile,
+          cwd: spec.runDir,
+          ...ipBinary,
+        })
+    ).catch((e) => {
       throw wrap(e, `${what} ${spec.instanceId} (${accel})`);
     });
     const vmm: VmmProcess = {
@@ -168,7 +188,12 @@ export function createQemuVmm(options: QemuVmmOptions = {}): Vmm {
     if (snapshot.type !== "full" || snapshot.stateFile !== null || snapshot.baseMemoryFile !== null) {
       throw failedPrecondition("qemu restores only full snapshots made of one migration stream");
     }
-    const s = await spawnQemu(spec, true);
+    const launcher = parked.get(spec.runDir);
+    parked.delete(spec.runDir);
+    const s = await spawnQemu(spec, true, launcher).catch((e: unknown) => {
+      launcher?.discard();
+      throw e;
+    });
     try {
       const client = await QmpClient.connect(s.files.qmpSocket, {
         connectTimeoutMs: Math.max(1, s.deadline - Date.now()),
@@ -326,6 +351,14 @@ export function createQemuVmm(options: QemuVmmOptions = {}): Vmm {
     return { kind: "qemu", available: version !== null, version, kvmUsable: kvm.usable, diffSnapshots: false, notes };
   }
 
+  /** Parks a launcher in the instance's groups for the restore that follows (see spawn-vmm.ts). */
+  async function prepareRestore(launch: { runDir: string; cgroupProcsFiles: readonly string[] }): Promise<void> {
+    await mkdir(launch.runDir, { recursive: true, mode: 0o700 });
+    const launcher = await parkVmmLauncher({ cgroupProcsFiles: launch.cgroupProcsFiles, logFile: qemuRunFiles(launch.runDir).vmmLog, cwd: launch.runDir });
+    discardParked(launch.runDir);
+    parked.set(launch.runDir, launcher);
+  }
+
   return {
     kind: "qemu",
     capabilities,
@@ -333,6 +366,8 @@ export function createQemuVmm(options: QemuVmmOptions = {}): Vmm {
     pause,
     resume,
     snapshot,
+    prepareRestore,
+    discardPrepared: async (runDir) => discardParked(runDir),
     restore,
     shutdown,
     isAlive: (vmm) => isSameProcess(vmm.pid, vmm.pidStartTime),

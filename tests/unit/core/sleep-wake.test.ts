@@ -243,6 +243,38 @@ describe("wake", () => {
     expect(await instanceSnapshot(deps, keyOf(running))).toEqual(meta);
   });
 
+  it("lets the vmm prepare its launcher in the cgroup while the hash is checked, and ends it when the wake fails", async () => {
+    const running = await runningInstance();
+    await sleepInstance(deps, keyOf(running));
+    const calls: string[] = [];
+    const withPreparation = (kind: Parameters<DataPlaneDeps["vmm"]>[0]) => {
+      const vmm = plane.vmm(kind);
+      return {
+        ...vmm,
+        prepareRestore: async (launch: { runDir: string; cgroupProcsFiles: readonly string[] }) => {
+          expect(plane.processes.size).toBe(0); // nothing of the VMM runs yet
+          calls.push(`prepare ${launch.runDir} ${launch.cgroupProcsFiles.join(",")}`);
+        },
+        discardPrepared: async (runDir: string) => {
+          calls.push(`discard ${runDir}`);
+        },
+      };
+    };
+    const meta = (await instanceSnapshot(deps, keyOf(running)))!;
+    const file = `${snapshotDir(running)}/${meta.memoryFile}`;
+    const good = plane.files.get(file)!;
+    plane.files.set(file, "garbage");
+    const prepared = { ...deps, vmm: withPreparation };
+    await expectKind(wakeInstance(prepared, keyOf(running)), "failed_precondition", /corrupt/);
+    const runDir = `/data/acme/web/instances/${running.instanceId}/run`;
+    expect(calls).toEqual([expect.stringMatching(new RegExp(`^prepare ${runDir} .*cgroup\\.procs`)), `discard ${runDir}`]);
+
+    calls.length = 0;
+    plane.files.set(file, good);
+    expect((await wakeInstance(prepared, keyOf(running))).status).toBe("running");
+    expect(calls).toEqual([expect.stringMatching(/^prepare /)]);
+  });
+
   it("refuses a snapshot from another host, naming what differs", async () => {
     const running = await runningInstance();
     await sleepInstance(deps, keyOf(running));

@@ -11,6 +11,7 @@ import { MvmError } from "../../../src/core/errors.js";
 import { isSameProcess, readProcStartTime } from "../../../src/runtime/process/proc-stat.js";
 import {
   JOIN_CGROUPS_THEN_EXEC_SCRIPT,
+  parkVmmLauncher,
   readVmmPidFile,
   spawnVmm,
   vmmLauncherArgv,
@@ -185,6 +186,73 @@ describe("spawnVmm", () => {
     expect(await isSameProcess(started.pid, started.startTime)).toBe(true);
     const stat = await readFile(`/proc/${started.pid}/stat`, "utf8");
     expect(Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1])).not.toBe(started.parent);
+  });
+});
+
+describe("parkVmmLauncher", () => {
+  async function groups(names: string[]): Promise<string[]> {
+    const files: string[] = [];
+    for (const name of names) {
+      await mkdir(join(dir, name), { recursive: true });
+      files.push(join(dir, name, "cgroup.procs"));
+      await writeFile(files[files.length - 1]!, "");
+    }
+    return files;
+  }
+
+  async function exited(pid: number): Promise<boolean> {
+    for (let i = 0; i < 200; i++) {
+      if ((await readProcStartTime(pid)) === null) return true;
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    return false;
+  }
+
+  it("joins the groups at once, runs nothing until exec, then execs the command literally as the same process", async () => {
+    const procs = await groups(["memory", "pids $(touch PWNED)"]);
+    const out = join(dir, "argv.json");
+    const launcher = await parkVmmLauncher({ cgroupProcsFiles: procs, logFile: join(dir, "vmm.log"), cwd: dir });
+    spawned.push({ pid: launcher.pid, startTime: (await readProcStartTime(launcher.pid))! });
+    for (let i = 0; i < 200 && (await readFile(procs[1]!, "utf8")) === ""; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+    for (const p of procs) expect(await readFile(p, "utf8")).toBe(`${launcher.pid}\n`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(await readFile(out).then(() => true, () => false)).toBe(false);
+
+    const literal = "$(touch PWNED2) `id` ; \\ \"' with  spaces ";
+    const result = await launcher.exec({ argv: [process.execPath, "-e", RECORDER, out, literal, "", "x"], netns: null, pidFile: join(dir, "vmm.pid") });
+    expect(result.pid).toBe(launcher.pid);
+    expect(JSON.parse(await waitForFile(out))).toEqual([literal, "", "x"]);
+    expect(await readVmmPidFile(join(dir, "vmm.pid"))).toEqual(result);
+    expect(await readlink(`/proc/${result.pid}/fd/0`)).toBe("/dev/null");
+    expect((await readdir(dir, { recursive: true })).map(String).filter((f) => /PWNED\d?$/.test(f))).toEqual([]);
+    await expect(launcher.exec({ argv: ["true"], netns: null, pidFile: join(dir, "p2") })).rejects.toThrow(/used already/);
+  });
+
+  it("ends without running anything when discarded, or when its command never comes", async () => {
+    const marker = join(dir, "ran");
+    const discarded = await parkVmmLauncher({ cgroupProcsFiles: [], logFile: join(dir, "vmm.log"), cwd: dir });
+    discarded.discard();
+    expect(await exited(discarded.pid)).toBe(true);
+    await expect(discarded.exec({ argv: ["/bin/touch", marker], netns: null, pidFile: join(dir, "p") })).rejects.toThrow(/discarded already/);
+
+    const forgotten = await parkVmmLauncher({ cgroupProcsFiles: [], logFile: join(dir, "vmm.log"), cwd: dir, parkTimeoutMs: 100 });
+    expect(await exited(forgotten.pid)).toBe(true);
+    expect(await readFile(marker).then(() => true, () => false)).toBe(false);
+  });
+
+  it("refuses an argument it could not pass on one line, and ends the launcher", async () => {
+    const launcher = await parkVmmLauncher({ cgroupProcsFiles: [], logFile: join(dir, "vmm.log"), cwd: dir });
+    await expect(launcher.exec({ argv: ["/bin/echo", "two\nlines"], netns: null, pidFile: join(dir, "p") })).rejects.toThrow(/argv\[1\]: must not contain a newline/);
+    expect(await exited(launcher.pid)).toBe(true);
+  });
+
+  it("fails at exec with the shell's message when a group could not be joined, having run nothing", async () => {
+    const marker = join(dir, "ran");
+    const launcher = await parkVmmLauncher({ cgroupProcsFiles: [join(dir, "no-such-group", "cgroup.procs")], logFile: join(dir, "vmm.log"), cwd: dir });
+    await expect(launcher.exec({ argv: ["/bin/touch", marker], netns: null, pidFile: join(dir, "p") })).rejects.toThrow(
+      /launcher exited \(status 125\) before the vmm ran: .*no-such-group\/cgroup\.procs/,
+    );
+    expect(await readFile(marker).then(() => true, () => false)).toBe(false);
   });
 });
 
