@@ -197,6 +197,8 @@ export interface ParkVmmLauncherOptions {
 export interface ParkedLauncher {
   readonly pid: number;
   readonly cgroupProcsFiles: readonly string[];
+  /** True while it waits for its command: not used, not discarded (by the caller or its park timeout), not exited. */
+  readonly waiting: boolean;
   /** Hands over the VMM's command (the same options as `spawnVmm`'s, less the groups) and waits until it runs. */
   exec(options: Omit<SpawnVmmOptions, "cgroupProcsFiles" | "logFile" | "cwd">): Promise<SpawnedVmm>;
   /** Ends the launcher, which has run nothing; idempotent, and a no-op once `exec` was called. */
@@ -232,6 +234,9 @@ export async function parkVmmLauncher(options: ParkVmmLauncherOptions): Promise<
   return {
     pid: child.pid as number,
     cgroupProcsFiles: [...options.cgroupProcsFiles],
+    get waiting() {
+      return state === "parked" && exit.status() === null;
+    },
     async exec(command) {
       if (state !== "parked") throw new MvmError("unavailable", `starting vmm: the parked launcher was ${state === "running" ? "used" : "discarded"} already`);
       let argv: string[];

@@ -115,8 +115,10 @@ export function createQemuVmm(options: QemuVmmOptions = {}): Vmm {
     await writeFile(files.vmmLog, "", { mode: 0o600 });
 
     const what = incoming ? "restoring" : "booting";
+    // A launcher parked too long (its timeout ended it) or placed elsewhere is replaced by a fresh one.
     const sameGroups =
       launcher !== undefined &&
+      launcher.waiting &&
       launcher.cgroupProcsFiles.length === spec.cgroupProcsFiles.length &&
       launcher.cgroupProcsFiles.every((file, i) => file === spec.cgroupProcsFiles[i]);
     if (!sameGroups) launcher?.discard();

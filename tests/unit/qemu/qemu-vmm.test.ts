@@ -1,13 +1,15 @@
 // The QEMU adapter's paths that need no QEMU: input validation before anything starts, a missing binary, a VMM that
-// is already gone. Booting real guests is in tests/e2e/qemu.
+// is already gone, which launcher a restore runs QEMU as (a stand-in script plays QEMU). Booting real guests is in
+// tests/e2e/qemu.
 
 import { spawn } from "node:child_process";
-import { access, mkdtemp, rm } from "node:fs/promises";
+import { access, mkdtemp, readFile, readdir, readlink, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { VmLaunchSpec, VmmProcess } from "../../../src/core/data-plane-ports.js";
 import { readProcStartTime } from "../../../src/runtime/process/proc-stat.js";
+import { PARKED_LAUNCHER_SCRIPT } from "../../../src/runtime/process/spawn-vmm.js";
 import { createQemuVmm } from "../../../src/runtime/qemu/qemu-vmm.js";
 
 let dir: string;
@@ -75,5 +77,60 @@ describe("createQemuVmm without qemu", () => {
     await vmm.shutdown(gone, 1_000);
     await expect(vmm.pause(gone)).rejects.toMatchObject({ kind: "failed_precondition" });
     await expect(vmm.resume(gone)).rejects.toThrow(/resume: the vmm \(pid \d+\) is not running/);
+  });
+});
+
+describe("restore from a parked launcher", () => {
+  /** A stand-in QEMU that records the pid it runs as, then exits (the restore then fails at QMP, as it should). */
+  async function recordingQemu(): Promise<{ binary: string; ranAs: () => Promise<number | null> }> {
+    const binary = join(dir, "fake-qemu");
+    const record = join(dir, "ran-as");
+    await writeFile(binary, `#!/bin/sh\necho $$ > '${record}'\nexit 1\n`, { mode: 0o755 });
+    return { binary, ranAs: async () => (await readFile(record, "utf8").then((t) => Number(t.trim()), () => null)) };
+  }
+
+  /** Pids of the parked launchers (their shell runs the parked script) whose working directory is `cwd`. */
+  async function parkedIn(cwd: string): Promise<number[]> {
+    const pids: number[] = [];
+    for (const entry of await readdir("/proc")) {
+      if (!/^\d+$/.test(entry)) continue;
+      const cmdline = await readFile(`/proc/${entry}/cmdline`, "utf8").catch(() => "");
+      const where = await readlink(`/proc/${entry}/cwd`).catch(() => "");
+      if (cmdline.includes(PARKED_LAUNCHER_SCRIPT) && where === cwd) pids.push(Number(entry));
+    }
+    return pids;
+  }
+
+  const snapshot = () => ({ type: "full" as const, memoryFile: join(dir, "memory.mig"), stateFile: null, baseMemoryFile: null });
+
+  it("runs QEMU as the parked launcher, which joined its groups before the restore", async () => {
+    const qemu = await recordingQemu();
+    const vmm = createQemuVmm({ accel: "tcg", binary: qemu.binary, qmpTimeoutMs: 500 });
+    const launch = spec({ bootTimeoutMs: 1_000 });
+    await vmm.prepareRestore!({ runDir: launch.runDir, cgroupProcsFiles: [] });
+    const [parked] = await parkedIn(launch.runDir);
+    expect(parked).toBeGreaterThan(0);
+    await expect(vmm.restore(launch, snapshot())).rejects.toThrow(/qemu exited while loading the snapshot|restoring i-0123abcd/);
+    expect(await qemu.ranAs()).toBe(parked);
+  });
+
+  it("starts a fresh launcher when the parked one is gone, and discardPrepared ends one no restore took", async () => {
+    const qemu = await recordingQemu();
+    const vmm = createQemuVmm({ accel: "tcg", binary: qemu.binary, qmpTimeoutMs: 500 });
+    const launch = spec({ bootTimeoutMs: 1_000 });
+    await vmm.prepareRestore!({ runDir: launch.runDir, cgroupProcsFiles: [] });
+    const [parked] = await parkedIn(launch.runDir);
+    process.kill(parked!, "SIGKILL");
+    while ((await readProcStartTime(parked!)) !== null) await new Promise((resolve) => setTimeout(resolve, 10));
+    await expect(vmm.restore(launch, snapshot())).rejects.toThrow(/restoring i-0123abcd/);
+    const ran = await qemu.ranAs();
+    expect(ran).not.toBeNull();
+    expect(ran).not.toBe(parked);
+
+    await vmm.prepareRestore!({ runDir: launch.runDir, cgroupProcsFiles: [] });
+    const [again] = await parkedIn(launch.runDir);
+    await vmm.discardPrepared!(launch.runDir);
+    for (let i = 0; i < 200 && (await readProcStartTime(again!)) !== null; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+    expect(await readProcStartTime(again!)).toBeNull();
   });
 });

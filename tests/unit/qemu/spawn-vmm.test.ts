@@ -231,12 +231,15 @@ describe("parkVmmLauncher", () => {
   it("ends without running anything when discarded, or when its command never comes", async () => {
     const marker = join(dir, "ran");
     const discarded = await parkVmmLauncher({ cgroupProcsFiles: [], logFile: join(dir, "vmm.log"), cwd: dir });
+    expect(discarded.waiting).toBe(true);
     discarded.discard();
+    expect(discarded.waiting).toBe(false);
     expect(await exited(discarded.pid)).toBe(true);
     await expect(discarded.exec({ argv: ["/bin/touch", marker], netns: null, pidFile: join(dir, "p") })).rejects.toThrow(/discarded already/);
 
     const forgotten = await parkVmmLauncher({ cgroupProcsFiles: [], logFile: join(dir, "vmm.log"), cwd: dir, parkTimeoutMs: 100 });
     expect(await exited(forgotten.pid)).toBe(true);
+    expect(forgotten.waiting).toBe(false);
     expect(await readFile(marker).then(() => true, () => false)).toBe(false);
   });
 
