@@ -1,5 +1,6 @@
 // The agent's pino logger (SPEC §8.4): JSON lines on stdout, secrets redacted wherever they appear one or two levels
-// deep (key material, tokens, authorization headers, secret file contents).
+// deep (key material, tokens, authorization headers, secret file contents); one readable line per entry instead when
+// stdout is a terminal.
 
 import { pino, type DestinationStream, type Logger } from "pino";
 
@@ -72,9 +73,48 @@ export interface AgentLoggerOptions {
   level?: string;
   /** Where lines go. Default stdout. */
   destination?: DestinationStream;
+  /** Human-readable lines (`readableLogLine`) instead of JSON. Default: when lines go to stdout and it is a terminal. */
+  readable?: boolean;
+}
+
+const LEVEL_NAMES: Record<number, string> = { 10: "TRACE", 20: "DEBUG", 30: "INFO", 40: "WARN", 50: "ERROR", 60: "FATAL" };
+/** Fields every line has, shown in the line's head or not at all. */
+const HEAD_FIELDS = new Set(["level", "time", "msg", "pid", "hostname", "name"]);
+
+function fieldValue(value: unknown): string {
+  if (typeof value === "string") return /^[^\s"=]+$/.test(value) ? value : JSON.stringify(value);
+  return JSON.stringify(value);
+}
+
+/**
+ * One JSON log line as a person reads it: `12:04:05.123 INFO rpc refused key=value …`, and an error's stack on the
+ * lines below. A line that is not JSON is passed on as it is.
+ */
+export function readableLogLine(json: string): string {
+  let entry: Record<string, unknown>;
+  try {
+    entry = JSON.parse(json) as Record<string, unknown>;
+  } catch {
+    return json.endsWith("\n") ? json : `${json}\n`;
+  }
+  const time = typeof entry.time === "string" ? entry.time.slice(11, 23) : "";
+  const level = LEVEL_NAMES[entry.level as number] ?? String(entry.level);
+  const fields: string[] = [];
+  let stack = "";
+  for (const [key, value] of Object.entries(entry)) {
+    if (HEAD_FIELDS.has(key) || value === undefined) continue;
+    if (key === "err" && value !== null && typeof value === "object" && typeof (value as { stack?: unknown }).stack === "string") {
+      stack = `\n    ${(value as { stack: string }).stack.split("\n").join("\n    ")}`;
+      continue;
+    }
+    fields.push(`${key}=${fieldValue(value)}`);
+  }
+  return `${[time, level.padEnd(5), String(entry.msg ?? ""), ...fields].filter((p) => p !== "").join(" ")}${stack}\n`;
 }
 
 export function createAgentLogger(options: AgentLoggerOptions = {}): Logger {
+  const sink = options.destination ?? pino.destination(1);
+  const readable = options.readable ?? (options.destination === undefined && process.stdout.isTTY === true);
   const logger = pino(
     {
       name: "mvm-agent",
@@ -83,7 +123,7 @@ export function createAgentLogger(options: AgentLoggerOptions = {}): Logger {
       timestamp: pino.stdTimeFunctions.isoTime,
       base: { pid: process.pid },
     },
-    options.destination ?? pino.destination(1),
+    readable ? { write: (line: string) => void sink.write(readableLogLine(line)) } : sink,
   );
   // pino applies no formatter to a child's bindings, so they are redacted on the way in. A child is made with
   // Object.create from its parent, so every descendant inherits this method.

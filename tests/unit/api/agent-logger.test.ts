@@ -1,8 +1,8 @@
 import { Writable } from "node:stream";
 import { describe, expect, it } from "vitest";
-import { createAgentLogger, redactSecrets } from "../../../src/agent/agent-logger.js";
+import { createAgentLogger, readableLogLine, redactSecrets } from "../../../src/agent/agent-logger.js";
 
-function capture() {
+function capture(readable = false) {
   const lines: string[] = [];
   const destination = new Writable({
     write(chunk, _e, done) {
@@ -10,7 +10,7 @@ function capture() {
       done();
     },
   });
-  return { lines, logger: createAgentLogger({ level: "info", destination }), parsed: (i: number) => JSON.parse(lines[i]!) as Record<string, unknown> };
+  return { lines, logger: createAgentLogger({ level: "info", destination, readable }), parsed: (i: number) => JSON.parse(lines[i]!) as Record<string, unknown> };
 }
 
 describe("createAgentLogger", () => {
@@ -37,6 +37,21 @@ describe("createAgentLogger", () => {
     expect(line.err).toMatchObject({ type: "Error", message: "boom", token: "[redacted]", code: "E1" });
     expect(String((line.err as { stack: string }).stack)).toContain("boom");
     expect(JSON.stringify(line)).not.toMatch(/tok-1|"pw"|s3/);
+  });
+});
+
+describe("readable log lines (for a terminal)", () => {
+  it("writes time, level, message and the fields as key=value, secrets still redacted, an error's stack below", () => {
+    const { logger, lines } = capture(true);
+    logger.info({ reqId: "r-1", rpc: "mvm.v1.TenantService/CreateTenant", tenant: "acme", token: "abc", durationMs: 1.5, reason: "two words" }, "rpc ok");
+    logger.error({ err: new Error("boom") }, "rpc failed");
+    expect(lines[0]).toMatch(/^\d\d:\d\d:\d\d\.\d{3} INFO  rpc ok reqId=r-1 rpc=mvm.v1.TenantService\/CreateTenant tenant=acme token=\[redacted\] durationMs=1.5 reason="two words"\n$/);
+    expect(lines[1]).toMatch(/^\d\d:\d\d:\d\d\.\d{3} ERROR rpc failed\n {4}Error: boom\n +at /);
+    expect(lines.join("")).not.toContain("abc");
+  });
+
+  it("passes a line that is not JSON through unchanged", () => {
+    expect(readableLogLine("not json")).toBe("not json\n");
   });
 });
 
