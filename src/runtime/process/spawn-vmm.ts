@@ -225,7 +225,8 @@ export async function parkVmmLauncher(options: ParkVmmLauncherOptions): Promise<
     if (state !== "parked") return;
     state = "discarded";
     clearTimeout(timer);
-    // End of input: the launcher exits 125 without running anything; the kill covers one stuck before its read.
+    // End of input alone would make it exit 125; the kill ends it at once, wherever it is in its script. It has
+    // exec'd nothing, so nothing else is hit.
     stdin.end();
     if (exit.status() === null) child.kill("SIGKILL");
   };

@@ -116,14 +116,14 @@ export function createQemuVmm(options: QemuVmmOptions = {}): Vmm {
 
     const what = incoming ? "restoring" : "booting";
     // A launcher parked too long (its timeout ended it) or placed elsewhere is replaced by a fresh one.
-    const sameGroups =
+    const useParked =
       launcher !== undefined &&
       launcher.waiting &&
       launcher.cgroupProcsFiles.length === spec.cgroupProcsFiles.length &&
       launcher.cgroupProcsFiles.every((file, i) => file === spec.cgroupProcsFiles[i]);
-    if (!sameGroups) launcher?.discard();
+    if (!useParked) launcher?.discard();
     const ipBinary = options.ipBinary === undefined ? {} : { ipBinary: options.ipBinary };
-    const spawned = await (sameGroups
+    const spawned = await (useParked
       ? launcher!.exec({ argv, netns: spec.netns, pidFile: files.launcherPidFile, ...ipBinary })
       : spawnVmm({
           argv,
