@@ -12,6 +12,7 @@ import { parseTempName, removeAbandonedTempFiles, writeFileAtomic } from "../../
 import { transpileModules } from "../../helpers/transpile.js";
 import type { TranspiledModules } from "../../helpers/transpile.js";
 import { recordContent } from "./record-content.mjs";
+import { seededRandom } from "../../helpers/seeded-random.js";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const WRITER = join(HERE, "writer-child.mjs");
@@ -21,17 +22,6 @@ const RECORDS = 5;
 const PAYLOAD_BYTES = 128 * 1024;
 const MAX_KILL_DELAY_MS = 30;
 
-/** mulberry32: a small seeded PRNG, so a failing run can be replayed with MVM_CRASH_SEED. */
-function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface KillOutcome {
   /** What is wrong with the records after the kill; empty when every record is whole and old or new. */

@@ -20,6 +20,7 @@ import {
 import { FileDescriptorSetSchema, file_google_protobuf_descriptor, file_google_protobuf_struct, file_google_protobuf_timestamp, file_google_protobuf_duration, file_google_protobuf_field_mask } from "@bufbuild/protobuf/wkt";
 import { beforeAll, describe, expect, it } from "vitest";
 import { encodeMessage, hasCompiledEncoding } from "../../../src/api/proto-binary-encoder.js";
+import { seededRandom } from "../../helpers/seeded-random.js";
 import * as agentService from "../../../gen/mvm/v1/agent_service_pb.js";
 import * as audit from "../../../gen/mvm/v1/audit_pb.js";
 import * as build from "../../../gen/mvm/v1/build_pb.js";
@@ -42,17 +43,6 @@ import * as tenantService from "../../../gen/mvm/v1/tenant_service_pb.js";
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "../../..");
 const GENERATED = [agentService, audit, build, common, desiredState, errors, fleetService, instance, instanceService, node, nodeService, pool, poolService, reconcile, reconcileService, snapshot, tenant, tenantService];
 
-/** A small deterministic PRNG (mulberry32), so that a failure names a seed that reproduces it. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function messagesOf(file: DescFile): DescMessage[] {
   const out: DescMessage[] = [];
@@ -205,21 +195,21 @@ beforeAll(() => {
 
 describe("encodeMessage: the bytes toBinary gives", () => {
   it("for random messages with every proto3 field shape", () => {
-    const random = new RandomValues(prng(1));
+    const random = new RandomValues(seededRandom(1));
     for (let i = 0; i < 1500; i++) expectSameBytes(fixture.allShapes, random.message(fixture.allShapes, 0), `seed 1, message ${i}`);
   });
 
   it("for every message type of the API, randomly filled", () => {
     const types = GENERATED.flatMap((module) => Object.values(module).filter((v): v is DescFile => (v as DescFile)?.kind === "file").flatMap(messagesOf));
     expect(types.length).toBeGreaterThan(100);
-    const random = new RandomValues(prng(2));
+    const random = new RandomValues(seededRandom(2));
     for (const desc of types) {
       for (let i = 0; i < 30; i++) expectSameBytes(desc, random.message(desc, 0), `seed 2, message ${i}`);
     }
   });
 
   it("for the well-known types, proto2 descriptors (defaults on the prototype, required fields) included", () => {
-    const random = new RandomValues(prng(3));
+    const random = new RandomValues(seededRandom(3));
     const files = [file_google_protobuf_struct, file_google_protobuf_timestamp, file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_descriptor];
     for (const desc of files.flatMap(messagesOf)) {
       for (let i = 0; i < 20; i++) expectSameBytes(desc, random.message(desc, 0), `seed 3, message ${i}`);
@@ -234,13 +224,13 @@ describe("encodeMessage: the bytes toBinary gives", () => {
   });
 
   it("for a message type off the fast path (a map keyed by integers)", () => {
-    const random = new RandomValues(prng(4));
+    const random = new RandomValues(seededRandom(4));
     for (let i = 0; i < 50; i++) expectSameBytes(fixture.intKeyed, random.message(fixture.intKeyed, 0), `seed 4, message ${i}`);
     expect(encodeMessage(fixture.intKeyed, create(fixture.intKeyed, { byNumber: { 7: "seven" } } as never)).length).toBeGreaterThan(0);
   });
 
   it("with unknown fields kept from a decode, written after the known ones", () => {
-    const random = new RandomValues(prng(5));
+    const random = new RandomValues(seededRandom(5));
     for (let i = 0; i < 200; i++) {
       const bytes = toBinary(fixture.allShapes, random.message(fixture.allShapes, 0));
       const decoded = fromBinary(fixture.sparse, bytes);
@@ -249,7 +239,7 @@ describe("encodeMessage: the bytes toBinary gives", () => {
   });
 
   it("leaves the reserved prefix to the caller and the message after it", () => {
-    const message = new RandomValues(prng(6)).message(fixture.allShapes, 0);
+    const message = new RandomValues(seededRandom(6)).message(fixture.allShapes, 0);
     const out = encodeMessage(fixture.allShapes, message as never, 5);
     expect(out.subarray(5).equals(Buffer.from(toBinary(fixture.allShapes, message)))).toBe(true);
   });
