@@ -77,7 +77,6 @@ export interface AgentLoggerOptions {
   readable?: boolean;
 }
 
-const LEVEL_NAMES: Record<number, string> = { 10: "TRACE", 20: "DEBUG", 30: "INFO", 40: "WARN", 50: "ERROR", 60: "FATAL" };
 /** Fields every line has, shown in the line's head or not at all. */
 const HEAD_FIELDS = new Set(["level", "time", "msg", "pid", "hostname", "name"]);
 
@@ -98,7 +97,7 @@ export function readableLogLine(json: string): string {
     return json.endsWith("\n") ? json : `${json}\n`;
   }
   const time = typeof entry.time === "string" ? entry.time.slice(11, 23) : "";
-  const level = LEVEL_NAMES[entry.level as number] ?? String(entry.level);
+  const level = (pino.levels.labels[entry.level as number] ?? String(entry.level)).toUpperCase();
   const fields: string[] = [];
   let stack = "";
   for (const [key, value] of Object.entries(entry)) {

@@ -100,11 +100,11 @@ export function vmmCommand(options: Pick<SpawnVmmOptions, "argv" | "netns" | "ip
 
 /** Full argv of the launcher: the fixed script, the procs files as parameters, `--`, then the command to exec. */
 export function vmmLauncherArgv(options: Pick<SpawnVmmOptions, "argv" | "netns" | "cgroupProcsFiles" | "ipBinary">): string[] {
-  if (options.argv.length === 0 || options.argv[0] === "") throw invalidField("argv", "must name a program");
+  const command = vmmCommand(options);
   for (const [i, file] of options.cgroupProcsFiles.entries()) {
     if (!isAbsolute(file)) throw invalidField(`cgroup_procs_files[${i}]`, "must be an absolute path");
   }
-  return [SHELL, "-c", JOIN_CGROUPS_THEN_EXEC_SCRIPT, "sh", ...options.cgroupProcsFiles, "--", ...vmmCommand(options)];
+  return [SHELL, "-c", JOIN_CGROUPS_THEN_EXEC_SCRIPT, "sh", ...options.cgroupProcsFiles, "--", ...command];
 }
 
 /**
