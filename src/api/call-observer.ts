@@ -103,8 +103,7 @@ export function createCallObserver(options: CallObserverOptions): Interceptor {
       // A stream its client abandoned ends without an error of ours; it is counted as canceled, not ok.
       const code = mapped !== null ? mapped.code : req.stream && req.signal.aborted ? Code.Canceled : "ok";
       const label = codeLabel(code);
-      metrics.rpcRequests.inc({ service, method, code: label });
-      if (!req.stream) metrics.rpcDuration.observe({ service, method }, seconds);
+      metrics.observeRpc(service, method, label, req.stream ? null : seconds);
       const read = mapped === null && code === "ok" && SIDE_EFFECT_FREE_METHODS.has(req.method);
       // Not even the line is built when it would be dropped.
       if (read && !logger.isLevelEnabled("debug")) return null;

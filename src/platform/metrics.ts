@@ -78,7 +78,8 @@ export interface Metrics {
   /** 1 while the idle policy judges the host under memory pressure, else 0. */
   readonly hostMemoryPressure: Gauge<string>;
 
-  observeRpc(service: string, method: string, code: string, seconds: number): void;
+  /** Counts an RPC; a unary one (`seconds` not null) also goes into the latency histogram. */
+  observeRpc(service: string, method: string, code: string, seconds: number | null): void;
   recordTransition(from: string, to: string, operation: string): void;
   /** Replaces every instance count (label sets of pools or tenants that are gone disappear). */
   setInstanceCounts(instances: Iterable<CountedInstance>): void;
@@ -223,7 +224,7 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
     hostMemoryPressure,
     observeRpc(service, method, code, seconds) {
       rpcRequests.inc({ service, method, code });
-      rpcDuration.observe({ service, method }, seconds);
+      if (seconds !== null) rpcDuration.observe({ service, method }, seconds);
     },
     recordTransition(from, to, operation) {
       transitions.inc({ from, to, operation });

@@ -21,10 +21,13 @@ describe("createMetrics", () => {
     m.observeRpc("mvm.v1.InstanceService", "StartInstance", "ok", 0.003);
     m.observeRpc("mvm.v1.InstanceService", "StartInstance", "ok", 0.2);
     m.observeRpc("mvm.v1.InstanceService", "StartInstance", "failed_precondition", 0.001);
+    // A stream is counted, but its duration (the client's choice) is no latency.
+    m.observeRpc("mvm.v1.InstanceService", "WatchInstances", "ok", null);
     const text = await m.render();
     expect(samples(text, "mvm_rpc_requests_total").sort()).toEqual([
       'mvm_rpc_requests_total{service="mvm.v1.InstanceService",method="StartInstance",code="failed_precondition"} 1',
       'mvm_rpc_requests_total{service="mvm.v1.InstanceService",method="StartInstance",code="ok"} 2',
+      'mvm_rpc_requests_total{service="mvm.v1.InstanceService",method="WatchInstances",code="ok"} 1',
     ]);
     expect(samples(text, "mvm_rpc_duration_seconds_count")).toEqual([
       'mvm_rpc_duration_seconds_count{service="mvm.v1.InstanceService",method="StartInstance"} 3',
