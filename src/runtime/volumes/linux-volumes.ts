@@ -1,12 +1,14 @@
-// Instance disks with qemu-img and mkfs.ext4 (no loop mounts, no root needed for the images themselves).
+// Instance disks with qemu-img and mkfs.ext4, and the secrets disk built in memory (no loop mounts, no root needed
+// for the images themselves).
 // Every file is produced under a temporary name and renamed into place, so a crash never leaves a half disk that a
 // later start would take for a good one.
 
-import { mkdir, mkdtemp, readFile, rename, rm, stat, truncate, writeFile, chmod, open } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { randomBytes } from "node:crypto";
+import { mkdir, readFile, rename, rm, stat, truncate, writeFile, chmod, open } from "node:fs/promises";
+import { dirname } from "node:path";
 import { execa } from "execa";
 import type { Volumes } from "../../core/data-plane-ports.js";
+import { buildExt4Image, Ext4ImageError, type Ext4Image } from "./ext4-image.js";
 
 const COMMAND_TIMEOUT_MS = 120_000;
 /** Blank stand-in for a missing data disk, so the secrets disk keeps its device slot. */
@@ -119,26 +121,43 @@ export function createLinuxVolumes(): Volumes {
     },
 
     async buildSecretsDisk(path, files) {
+      // Built in memory (ext4-image.ts): no staging directory, no mkfs process, no journal to write on the path a
+      // start or wake waits for.
+      let bytes = 0;
+      for (const content of Object.values(files)) bytes += Buffer.byteLength(content) + 4096;
+      // Whole MiB: a wake rebuilds the disk under a guest that keeps the capacity it saw at boot, so small changes
+      // in content (a longer secrets epoch) must not change the size.
+      const sizeBytes = Math.ceil((SECRETS_DISK_BASE_BYTES + bytes) / (1024 * 1024)) * 1024 * 1024;
+      let image: Ext4Image;
+      try {
+        image = buildExt4Image({
+          sizeBytes,
+          label: "secrets",
+          files,
+          rootMode: 0o700,
+          directoryMode: 0o700,
+          fileMode: 0o600,
+          nowSeconds: Math.floor(Date.now() / 1000),
+          uuid: randomBytes(16),
+          hashSeed: randomBytes(16),
+        });
+      } catch (e) {
+        if (e instanceof Ext4ImageError) throw new Error(`secrets disk: ${e.message}`);
+        throw e;
+      }
       await mkdir(dirname(path), { recursive: true, mode: 0o700 });
-      const staging = await mkdtemp(join(tmpdir(), "mvm-secrets-"));
       const tmp = temporaryName(path);
       try {
-        let bytes = 0;
-        for (const [name, content] of Object.entries(files)) {
-          if (name.startsWith("/") || name.split("/").includes("..")) throw new Error(`secrets file name ${JSON.stringify(name)} leaves the disk`);
-          await mkdir(dirname(join(staging, name)), { recursive: true, mode: 0o700 });
-          await writeFile(join(staging, name), content, { mode: 0o600 });
-          bytes += Buffer.byteLength(content) + 4096;
+        const handle = await open(tmp, "wx", 0o600);
+        try {
+          await handle.write(image.head, 0, image.head.length, 0);
+          // The rest is zeros: left as a hole.
+          await handle.truncate(image.sizeBytes);
+        } finally {
+          await handle.close();
         }
-        await chmod(staging, 0o700);
-        // Whole MiB: a wake rebuilds the disk under a guest that keeps the capacity it saw at boot, so small changes
-        // in content (a longer secrets epoch) must not change the size.
-        const sizeKib = Math.ceil((SECRETS_DISK_BASE_BYTES + bytes) / (1024 * 1024)) * 1024;
-        await writeFile(tmp, "", { mode: 0o600 });
-        await run("mkfs.ext4", ["-q", "-F", "-L", "secrets", "-d", staging, tmp, `${sizeKib}k`]);
         await rename(tmp, path);
       } finally {
-        await rm(staging, { recursive: true, force: true });
         await rm(tmp, { force: true });
       }
     },
