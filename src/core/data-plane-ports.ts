@@ -160,6 +160,11 @@ export interface SnapshotSealInfo {
 }
 
 /** Snapshot files checked and ready for `Vmm.restore`; `release` removes what opening made (a decompressed copy). */
+export interface SetAsideSnapshot {
+  /** Frees the set-aside files. Best effort: what stays is freed by the next create, remove or setAside of the directory. */
+  purge(): Promise<void>;
+}
+
 export interface OpenedSnapshot {
   files: VmSnapshotFiles;
   release(): Promise<void>;
@@ -180,8 +185,15 @@ export interface SnapshotStore {
    * file) and decompresses when needed; the snapshot itself is left as it is.
    */
   open(dir: string, meta: SnapshotMeta): Promise<OpenedSnapshot>;
-  /** Removes the snapshot directory. Idempotent. */
+  /** Removes the snapshot directory: `setAside`, then its files are freed in the background. Idempotent. */
   remove(dir: string): Promise<void>;
+  /**
+   * Takes the snapshot directory out of use at once (it can no longer be read or restored) and leaves freeing its
+   * files, as large as the guest's memory, to the caller's `purge`. Freeing them goes into the file system's next
+   * journal commit (and with `-o discard` trims them), which an fsync the caller still has to make would wait for.
+   * Idempotent.
+   */
+  setAside(dir: string): Promise<SetAsideSnapshot>;
 }
 
 // ── Tenant networks ───────────────────────────────────────────────────────────────────────────────────────────────

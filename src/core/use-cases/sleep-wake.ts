@@ -8,7 +8,7 @@ import { failedPrecondition, MvmError } from "../errors.js";
 import type { Compression, Instance, Tenant } from "../model.js";
 import { assertQuota, computeUsage, type QuotaRequest } from "../quota.js";
 import { planTransition } from "../state-machine.js";
-import { GUEST_HOOK_PATHS, type HostCompatibility, type OpenedSnapshot, type SnapshotMeta, type VmDisk, type Vmm, type VmmProcess } from "../data-plane-ports.js";
+import { GUEST_HOOK_PATHS, type HostCompatibility, type OpenedSnapshot, type SetAsideSnapshot, type SnapshotMeta, type VmDisk, type Vmm, type VmmProcess } from "../data-plane-ports.js";
 import { audited } from "./audit-trail.js";
 import { timestamp } from "./deps.js";
 import type { InstanceKey } from "./instances.js";
@@ -262,84 +262,98 @@ export async function instanceSnapshot(deps: DataPlaneDeps, key: InstanceKey): P
  * checked, the VMM's launcher may already wait in the new cgroup (Vmm.prepareRestore): it runs nothing until then.
  */
 export async function wakeInstance(deps: DataPlaneDeps, key: InstanceKey, options: WakeOptions = {}): Promise<Instance> {
-  return audited(deps, { tenantId: key.tenantId, action: "instance_wake", target: target(key) }, async () => {
-    return deps.store.withTenantLock(key.tenantId, async () => {
-      const { tenant, pool, instance } = await load(deps, key);
-      if (planTransition(instance.status, "wake").kind === "noop") return instance;
-      const files = instanceFiles(deps.paths, instance);
-      const meta = await deps.snapshots.readMeta(files.snapshotDir);
-      if (!meta) {
-        throw failedPrecondition(
-          `instance ${instance.instanceId} is sleeping but has no snapshot in ${files.snapshotDir}: stop it and start it again (cold boot)`,
-        );
-      }
-      await checkQuota(deps, tenant, { kind: "wake", vcpus: pool.resources.vcpus, memMib: pool.resources.memMib });
-      if (meta.memMib !== pool.resources.memMib) {
-        throw failedPrecondition(
-          `snapshot of ${instance.instanceId} holds ${meta.memMib} MiB of guest memory but pool ${pool.poolId} now has mem_mib ${pool.resources.memMib}: stop the instance and start it again`,
-        );
-      }
-      const vmm = deps.vmm(meta.hypervisor);
-      const caps = await vmm.capabilities();
-      if (!caps.available) throw new MvmError("unavailable", `${meta.hypervisor} is not available on this node: ${caps.notes.join("; ")}`);
-      const problems = hostCompatibilityProblems(meta.host, await deps.snapshots.hostStamp(caps.version ?? ""));
-      if (problems.length > 0) {
-        throw failedPrecondition(`snapshot of ${instance.instanceId} does not fit this host (${problems.join("; ")}): stop the instance and start it again`);
-      }
+  const spent: { snapshot?: SetAsideSnapshot } = {};
+  try {
+    return await audited(deps, { tenantId: key.tenantId, action: "instance_wake", target: target(key) }, () =>
+      wakeLocked(deps, key, options, (snapshot) => (spent.snapshot = snapshot)),
+    );
+  } finally {
+    // Freed only once the record and the audit entry are durable: freeing a memory-sized file goes into the next
+    // journal commit (with `-o discard`, trims too), which their fsyncs would otherwise wait for (~10 ms here).
+    void spent.snapshot?.purge().catch(() => undefined);
+  }
+}
 
-      // TAP and cgroup are reservations a sleeping instance keeps, so a failed wake leaves them in place. The
-      // snapshot's hash is checked side by side with preparing them, but always before a VMM starts.
-      const rollback = new Rollback();
-      try {
-        const netPlan = tenantNetworkPlan(tenant, deps.metadataPort);
-        const prepareNetwork = () =>
-          deps.network.ensureInstanceNetwork(netPlan, { name: instance.net.tapName, mac: instance.net.mac, guestIp: instance.net.guestIp });
-        rollback.add("end the prepared launcher", () => vmm.discardPrepared?.(files.runDir) ?? Promise.resolve());
-        const [snapshot, network, cgroup, prepared] = await Promise.allSettled([
-          deps.snapshots.open(files.snapshotDir, meta),
-          prepareNetwork(),
-          // Once the cgroup exists the VMM's launcher can wait in it while the hash is checked (it runs nothing before
-          // the restore); without it the restore simply starts one.
-          deps.cgroups.ensure(cgroupKey(instance), deps.cgroupLimits(pool)).then(async (placed) => {
-            await vmm.prepareRestore?.({ runDir: files.runDir, cgroupProcsFiles: placed.procsFiles }).catch(() => undefined);
-            return placed;
-          }),
-          // The disks exactly as the instance slept with them (root and data kept), plus a fresh secrets disk.
-          instanceDisks(deps, { tenant, pool, instance, revision: meta.revision, hypervisor: meta.hypervisor, root: "keep" }),
-        ]);
-        if (snapshot.status === "fulfilled") rollback.add("release opened snapshot", () => snapshot.value.release());
-        for (const step of [snapshot, network, cgroup, prepared]) if (step.status === "rejected") throw step.reason;
-        const opened = (snapshot as PromiseFulfilledResult<OpenedSnapshot>).value;
-        const procsFiles = (cgroup as PromiseFulfilledResult<{ procsFiles: string[] }>).value.procsFiles;
-        const disks = (prepared as PromiseFulfilledResult<VmDisk[]>).value;
+async function wakeLocked(deps: DataPlaneDeps, key: InstanceKey, options: WakeOptions, spent: (snapshot: SetAsideSnapshot) => void): Promise<Instance> {
+  return deps.store.withTenantLock(key.tenantId, async () => {
+    const { tenant, pool, instance } = await load(deps, key);
+    if (planTransition(instance.status, "wake").kind === "noop") return instance;
+    const files = instanceFiles(deps.paths, instance);
+    const meta = await deps.snapshots.readMeta(files.snapshotDir);
+    if (!meta) {
+      throw failedPrecondition(
+        `instance ${instance.instanceId} is sleeping but has no snapshot in ${files.snapshotDir}: stop it and start it again (cold boot)`,
+      );
+    }
+    await checkQuota(deps, tenant, { kind: "wake", vcpus: pool.resources.vcpus, memMib: pool.resources.memMib });
+    if (meta.memMib !== pool.resources.memMib) {
+      throw failedPrecondition(
+        `snapshot of ${instance.instanceId} holds ${meta.memMib} MiB of guest memory but pool ${pool.poolId} now has mem_mib ${pool.resources.memMib}: stop the instance and start it again`,
+      );
+    }
+    const vmm = deps.vmm(meta.hypervisor);
+    const caps = await vmm.capabilities();
+    if (!caps.available) throw new MvmError("unavailable", `${meta.hypervisor} is not available on this node: ${caps.notes.join("; ")}`);
+    const problems = hostCompatibilityProblems(meta.host, await deps.snapshots.hostStamp(caps.version ?? ""));
+    if (problems.length > 0) {
+      throw failedPrecondition(`snapshot of ${instance.instanceId} does not fit this host (${problems.join("; ")}): stop the instance and start it again`);
+    }
 
-        const process = await vmm.restore(vmLaunchSpec(deps, pool, instance, meta.revision, disks, procsFiles), opened.files);
-        rollback.add("stop VMM", () => vmm.shutdown(process, 0));
-        const running: Instance = {
-          ...instance,
-          status: "running",
-          revision: meta.revision,
-          vmm: { hypervisor: process.hypervisor, pid: process.pid, pidStartTime: process.pidStartTime, apiSocket: process.apiSocket, netns: deps.network.netns },
-        };
-        await runWakeHook(deps, running, options.readyTimeoutMs ?? DEFAULT_WAKE_READY_TIMEOUT_MS);
+    // TAP and cgroup are reservations a sleeping instance keeps, so a failed wake leaves them in place. The
+    // snapshot's hash is checked side by side with preparing them, but always before a VMM starts.
+    const rollback = new Rollback();
+    try {
+      const netPlan = tenantNetworkPlan(tenant, deps.metadataPort);
+      const prepareNetwork = () =>
+        deps.network.ensureInstanceNetwork(netPlan, { name: instance.net.tapName, mac: instance.net.mac, guestIp: instance.net.guestIp });
+      rollback.add("end the prepared launcher", () => vmm.discardPrepared?.(files.runDir) ?? Promise.resolve());
+      const [snapshot, network, cgroup, prepared] = await Promise.allSettled([
+        deps.snapshots.open(files.snapshotDir, meta),
+        prepareNetwork(),
+        // Once the cgroup exists the VMM's launcher can wait in it while the hash is checked (it runs nothing before
+        // the restore); without it the restore simply starts one.
+        deps.cgroups.ensure(cgroupKey(instance), deps.cgroupLimits(pool)).then(async (placed) => {
+          await vmm.prepareRestore?.({ runDir: files.runDir, cgroupProcsFiles: placed.procsFiles }).catch(() => undefined);
+          return placed;
+        }),
+        // The disks exactly as the instance slept with them (root and data kept), plus a fresh secrets disk.
+        instanceDisks(deps, { tenant, pool, instance, revision: meta.revision, hypervisor: meta.hypervisor, root: "keep" }),
+      ]);
+      if (snapshot.status === "fulfilled") rollback.add("release opened snapshot", () => snapshot.value.release());
+      for (const step of [snapshot, network, cgroup, prepared]) if (step.status === "rejected") throw step.reason;
+      const opened = (snapshot as PromiseFulfilledResult<OpenedSnapshot>).value;
+      const procsFiles = (cgroup as PromiseFulfilledResult<{ procsFiles: string[] }>).value.procsFiles;
+      const disks = (prepared as PromiseFulfilledResult<VmDisk[]>).value;
 
-        const now = timestamp(deps.clock);
-        const awake: Instance = {
-          ...running,
-          conditions: setCondition(withoutIdleMark(instance.conditions), { type: "Ready", status: "true", reason: "Woken", message: "restored from snapshot; guest answered" }, now),
-          healthy: true,
-          lastHealthCheckAt: now,
-          updatedAt: now,
-        };
-        await deps.store.putInstance(awake);
-        // The guest runs on: its disks no longer match the snapshot, which must never be restored again.
-        await opened.release().catch(() => undefined);
-        await deps.snapshots.remove(files.snapshotDir).catch(() => undefined);
-        return awake;
-      } catch (error) {
-        throw withRollbackFailures(error, await rollback.run());
-      }
-    });
+      const process = await vmm.restore(vmLaunchSpec(deps, pool, instance, meta.revision, disks, procsFiles), opened.files);
+      rollback.add("stop VMM", () => vmm.shutdown(process, 0));
+      const running: Instance = {
+        ...instance,
+        status: "running",
+        revision: meta.revision,
+        vmm: { hypervisor: process.hypervisor, pid: process.pid, pidStartTime: process.pidStartTime, apiSocket: process.apiSocket, netns: deps.network.netns },
+      };
+      await runWakeHook(deps, running, options.readyTimeoutMs ?? DEFAULT_WAKE_READY_TIMEOUT_MS);
+
+      const now = timestamp(deps.clock);
+      const awake: Instance = {
+        ...running,
+        conditions: setCondition(withoutIdleMark(instance.conditions), { type: "Ready", status: "true", reason: "Woken", message: "restored from snapshot; guest answered" }, now),
+        healthy: true,
+        lastHealthCheckAt: now,
+        updatedAt: now,
+      };
+      await deps.store.putInstance(awake);
+      // The guest runs on: its disks no longer match the snapshot, which must never be restored again. A
+      // decompressed copy made for the restore lies in the snapshot's directory and goes with it.
+      await deps.snapshots
+        .setAside(files.snapshotDir)
+        .then(spent)
+        .catch(() => opened.release().catch(() => undefined));
+      return awake;
+    } catch (error) {
+      throw withRollbackFailures(error, await rollback.run());
+    }
   });
 }
 

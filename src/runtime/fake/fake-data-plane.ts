@@ -204,10 +204,13 @@ export class FakeDataPlane {
   snapshotStore(): SnapshotStore {
     const plane = this;
     const digest = (content: string) => `fake-sha:${content}`;
+    const drop = (dir: string) => {
+      plane.snapshotMetas.delete(dir);
+      for (const path of [...plane.files.keys()]) if (path.startsWith(`${dir}/`)) plane.files.delete(path);
+    };
     return {
       async create(dir: string) {
-        plane.snapshotMetas.delete(dir);
-        for (const path of [...plane.files.keys()]) if (path.startsWith(`${dir}/`)) plane.files.delete(path);
+        drop(dir);
       },
       async hostStamp(vmmVersion: string): Promise<HostCompatibility> {
         return { ...plane.host, vmmVersion };
@@ -250,8 +253,12 @@ export class FakeDataPlane {
         return { files: { type: meta.type, memoryFile: `${dir}/${meta.memoryFile}`, stateFile: null, baseMemoryFile: null }, release: async () => {} };
       },
       async remove(dir: string) {
-        plane.snapshotMetas.delete(dir);
-        for (const path of [...plane.files.keys()]) if (path.startsWith(`${dir}/`)) plane.files.delete(path);
+        drop(dir);
+      },
+      // The fake has nothing to free later: its files go at once.
+      async setAside(dir: string) {
+        drop(dir);
+        return { purge: async () => {} };
       },
     };
   }

@@ -14,6 +14,7 @@ import type {
   OpenedSnapshot,
   SnapshotMeta,
   SnapshotSealInfo,
+  SetAsideSnapshot,
   SnapshotStore,
   VmSnapshotFiles,
 } from "../../core/data-plane-ports.js";
@@ -128,24 +129,31 @@ export function createFsSnapshotStore(options: FsSnapshotStoreOptions = {}): Sna
       return { files: files(copy), release: () => unlinkIfPresent(copy) };
     },
 
-    /**
-     * The directory is gone from its place at once (renamed aside); its files, as large as the guest's memory, are
-     * deleted after the caller goes on, since unlinking them costs a wake ~15 ms. A process that exits first leaves
-     * the set-aside directory, which the next create or remove of the same snapshot deletes.
-     */
     async remove(dir) {
-      const aside = setAsideName(dir);
-      try {
-        await rename(dir, aside);
-      } catch (e) {
-        if (errnoCode(e) !== "ENOENT") throw e;
-      }
-      void removeSetAside(dir).catch(() => undefined);
+      const aside = await setAside(dir);
+      // Unlinking files as large as the guest's memory would cost the caller ~15 ms.
+      void aside.purge().catch(() => undefined);
     },
+
+    setAside,
   };
 }
 
 const SET_ASIDE_MARK = ".removing-";
+
+/**
+ * Renamed aside, so the directory is gone from its place at once. A process that exits before purging leaves the
+ * set-aside directory, which the next create, remove or setAside of the same snapshot deletes.
+ */
+async function setAside(dir: string): Promise<SetAsideSnapshot> {
+  const aside = setAsideName(dir);
+  try {
+    await rename(dir, aside);
+  } catch (e) {
+    if (errnoCode(e) !== "ENOENT") throw e;
+  }
+  return { purge: () => removeSetAside(dir) };
+}
 
 function setAsideName(dir: string): string {
   return join(dirname(dir), `.${basename(dir)}${SET_ASIDE_MARK}${randomBytes(6).toString("hex")}`);

@@ -1,6 +1,7 @@
 import { beforeEach, describe, expect, it } from "vitest";
 import { GUEST_HOOK_PATHS, type GuestChannel } from "../../../src/core/data-plane-ports.js";
 import { isMvmError } from "../../../src/core/errors.js";
+import type { AuditLog } from "../../../src/core/observability-ports.js";
 import type { Instance } from "../../../src/core/model.js";
 import { createInstance } from "../../../src/core/use-cases/instances.js";
 import { destroyInstance, startInstance, stopInstance, type DataPlaneDeps } from "../../../src/core/use-cases/lifecycle.js";
@@ -223,6 +224,42 @@ describe("wake", () => {
     expect(Number(hook?.argv[1])).toBeGreaterThan(1_600_000_000);
     expect(await instanceSnapshot(deps, keyOf(running))).toBeNull();
     expect([...plane.files.keys()].some((p) => p.startsWith(snapshotDir(running)))).toBe(false);
+  });
+
+  it("sets the snapshot aside before it answers, and frees its files only after the record and audit entry are written", async () => {
+    const running = await runningInstance();
+    await sleepInstance(deps, keyOf(running));
+    const order: string[] = [];
+    const snapshots = deps.snapshots;
+    const audit: AuditLog = {
+      async append(record) {
+        order.push(`audit ${record.action} ${record.outcome}`);
+        return { ...record, seq: 1, at: "", prevHash: "", hash: "" };
+      },
+    };
+    const store = new Proxy(deps.store, {
+      get: (target, name) => (name === "putInstance" ? (i: Instance) => (order.push(`put ${i.status}`), target.putInstance(i)) : Reflect.get(target, name)),
+    });
+    const woken = await wakeInstance(
+      {
+        ...deps,
+        store,
+        audit,
+        snapshots: {
+          ...snapshots,
+          async setAside(dir) {
+            order.push("set aside");
+            const aside = await snapshots.setAside(dir);
+            return { purge: async () => (order.push("purge"), aside.purge()) };
+          },
+        },
+      },
+      keyOf(running),
+    );
+    expect(woken.status).toBe("running");
+    expect(await instanceSnapshot(deps, keyOf(running))).toBeNull();
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(order).toEqual(["put running", "set aside", "audit instance_wake success", "purge"]);
   });
 
   it("is a no-op on a running instance", async () => {

@@ -127,6 +127,21 @@ describe("snapshot directory", () => {
     expect(await readdir(root)).toEqual(["snapshot"]);
   });
 
+  it("setAside takes the directory from its place and keeps its files until purge", async () => {
+    await writeFile(join(dir, "memory.mig"), Buffer.alloc(64 * 1024));
+    const aside = await store.setAside(dir);
+    expect(existsSync(dir)).toBe(false);
+    expect(await store.readMeta(dir)).toBeNull();
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const kept = (await readdir(root)).filter((n) => n.includes("removing"));
+    expect(kept).toHaveLength(1);
+    expect(await readdir(join(root, kept[0]!))).toEqual(["memory.mig"]);
+    await aside.purge();
+    expect(await readdir(root)).toEqual([]);
+    // Idempotent: nothing there to set aside is no error.
+    await (await store.setAside(dir)).purge();
+  });
+
   it("refuses a meta file that names a path outside the directory", async () => {
     await writeFile(join(dir, "memory.mig"), "x");
     const meta = await store.seal(dir, { type: "full", memoryFile: join(dir, "memory.mig"), stateFile: null, baseMemoryFile: null }, await info("none"));
