@@ -12,6 +12,7 @@ import { FsAuditLog } from "../runtime/audit/fs-audit-log.js";
 import { cgroupLimitsFor } from "../runtime/cgroups/cgroup-limits.js";
 import { createCgroups } from "../runtime/cgroups/linux-cgroups.js";
 import { createDebianImageBuilder } from "../runtime/images/debian-image-builder.js";
+import { createCommandHelperRunner } from "../runtime/exec/command-helper.js";
 import { createLinuxNetwork } from "../runtime/network/linux-network.js";
 import { createQemuVmm } from "../runtime/qemu/qemu-vmm.js";
 import { createFirecrackerVmm } from "../runtime/firecracker/firecracker-vmm.js";
@@ -61,6 +62,8 @@ export async function openNodeRuntime(options: NodeRuntimeOptions): Promise<Node
   });
   const store = observeInstanceWrites(fsStore, events);
   const netns = options.netns !== undefined ? options.netns : (env.MVM_NETNS || null);
+  // ip, nft and sysctl start from a small helper shell rather than from the agent (see command-helper.ts).
+  const hostCommands = createCommandHelperRunner();
   const qemu = createQemuVmm({});
   const firecracker = createFirecrackerVmm({
     // Jailed when MVM_FIRECRACKER_JAILER is set: jails live under the data root, so resources can be hard-linked.
@@ -100,7 +103,7 @@ export async function openNodeRuntime(options: NodeRuntimeOptions): Promise<Node
       }
       return usable ? "firecracker" : "qemu";
     },
-    network: createLinuxNetwork({ netns }),
+    network: createLinuxNetwork({ netns, run: hostCommands.run }),
     cgroups: createCgroups({}),
     volumes: createLinuxVolumes(),
     snapshots: createFsSnapshotStore(),
@@ -118,6 +121,8 @@ export async function openNodeRuntime(options: NodeRuntimeOptions): Promise<Node
     metadataPort: METADATA_PORT,
     bootTimeoutMs: positiveIntegerFromEnv(env, "MVM_BOOT_TIMEOUT_MS", DEFAULT_BOOT_TIMEOUT_MS),
     stopTimeoutMs: positiveIntegerFromEnv(env, "MVM_STOP_TIMEOUT_MS", DEFAULT_STOP_TIMEOUT_MS),
-    async close() {},
+    async close() {
+      await hostCommands.close();
+    },
   };
 }

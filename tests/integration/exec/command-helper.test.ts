@@ -1,0 +1,105 @@
+// The command helper for real: /bin/sh and coreutils' timeout start the programs; the answers must be exactly what
+// running them directly gives.
+
+import { execFileSync, spawnSync } from "node:child_process";
+import { existsSync, readdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { createCommandHelperRunner, type CommandHelperRunner } from "../../../src/runtime/exec/command-helper.js";
+import { execaHostCommand } from "../../../src/runtime/exec/host-command.js";
+
+let helper: CommandHelperRunner;
+afterEach(async () => {
+  await helper?.close();
+});
+
+const helperDirs = () => readdirSync(tmpdir()).filter((n) => n.startsWith("mvm-commands-"));
+
+/** The helper's pid: the one child of this process running the helper script. */
+function helperPids(): number[] {
+  const out = spawnSync("pgrep", ["-P", String(process.pid), "-f", "mvm-command-helper"], { encoding: "utf8" }).stdout;
+  return out.split("\n").filter(Boolean).map(Number);
+}
+
+describe("command helper runner", () => {
+  it("passes arguments literally, feeds the input, and returns exit status, stdout and stderr as a direct run does", async () => {
+    helper = createCommandHelperRunner();
+    const script = 'printf "%s|" "$@"; cat; echo "to stderr" >&2; exit 3';
+    const args = ["-c", script, "sh", "two words", "$HOME", "*", "'quoted'", "", "ünïcode"];
+    const viaHelper = await helper.run("sh", args, { input: "from stdin\n" });
+    const direct = await execaHostCommand("sh", args, { input: "from stdin\n" });
+    expect(viaHelper).toEqual(direct);
+    expect(viaHelper).toEqual({ exitCode: 3, stdout: "two words|$HOME|*|'quoted'||ünïcode|from stdin\n", stderr: "to stderr\n" });
+    // No input: stdin is empty, not the helper's own.
+    expect(await helper.run("cat", [])).toEqual({ exitCode: 0, stdout: "", stderr: "" });
+  });
+
+  it("runs commands side by side", async () => {
+    helper = createCommandHelperRunner();
+    const t0 = Date.now();
+    const results = await Promise.all(Array.from({ length: 6 }, (_, i) => helper.run("sh", ["-c", `sleep 0.4; echo ${i}`])));
+    expect(results.map((r) => r.stdout)).toEqual(["0\n", "1\n", "2\n", "3\n", "4\n", "5\n"]);
+    expect(Date.now() - t0).toBeLessThan(6 * 400);
+  });
+
+  it("ends a command at its timeout and says so", async () => {
+    helper = createCommandHelperRunner();
+    const t0 = Date.now();
+    await expect(helper.run("sleep", ["30"], { timeoutMs: 300 })).rejects.toThrow(/^sleep 30: timed out after 300 ms/);
+    expect(Date.now() - t0).toBeLessThan(5_000);
+    // One that ignores TERM is killed a second later.
+    await expect(helper.run("sh", ["-c", "trap '' TERM; sleep 30"], { timeoutMs: 200 })).rejects.toThrow(/timed out after 200 ms/);
+    expect(Date.now() - t0).toBeLessThan(8_000);
+  });
+
+  it("rejects a program that cannot be run, as a direct run does", async () => {
+    helper = createCommandHelperRunner();
+    await expect(helper.run("/nonexistent/program", ["x"])).rejects.toThrow(/^\/nonexistent\/program x: could not be run: timeout: failed to run command/);
+    await expect(execaHostCommand("/nonexistent/program", ["x"])).rejects.toThrow(/^\/nonexistent\/program x: /);
+  });
+
+  it("refuses an argument with a newline before sending anything", async () => {
+    helper = createCommandHelperRunner();
+    await expect(helper.run("echo", ["a\nb"])).rejects.toThrow(/argument "a\\nb" must not contain a newline or NUL byte/);
+    expect(helperPids()).toEqual([]);
+    expect((await helper.run("echo", ["still works"])).stdout).toBe("still works\n");
+  });
+
+  it("answers the calls of a helper that died, and starts a new one for the next call", async () => {
+    helper = createCommandHelperRunner();
+    expect((await helper.run("true", [])).exitCode).toBe(0);
+    const [pid] = helperPids();
+    const inFlight = helper.run("sleep", ["0.5"]);
+    process.kill(pid!, "SIGKILL");
+    // Whether the helper had started it or not, the call is answered: by the command, or with why it could not run.
+    const answer = await inFlight.then(
+      (r) => r,
+      (e: Error) => e.message,
+    );
+    expect([{ exitCode: 0, stdout: "", stderr: "" }, "the command helper exited (SIGKILL)"]).toContainEqual(answer);
+    await expect.poll(() => helperPids()).toEqual([]);
+    expect((await helper.run("echo", ["again"])).stdout).toBe("again\n");
+    expect(helperPids()).toHaveLength(1);
+    expect(helperPids()[0]).not.toBe(pid);
+  });
+
+  it("leaves no files while it runs, removes its directory on close, and does not hold the process open", async () => {
+    const before = helperDirs();
+    helper = createCommandHelperRunner();
+    for (let i = 0; i < 5; i += 1) await helper.run("sh", ["-c", "cat; echo err >&2"], { input: "x" });
+    const dirs = helperDirs().filter((d) => !before.includes(d));
+    expect(dirs).toHaveLength(1);
+    expect(readdirSync(join(tmpdir(), dirs[0]!))).toEqual([]);
+    await helper.close();
+    expect(existsSync(join(tmpdir(), dirs[0]!))).toBe(false);
+    expect(helperPids()).toEqual([]);
+
+    // A process that used the helper and has nothing else to do exits at once.
+    const child = `import { createCommandHelperRunner } from ${JSON.stringify(join(process.cwd(), "dist/src/runtime/exec/command-helper.js"))};
+      const r = createCommandHelperRunner(); console.log((await r.run("echo", ["done"])).stdout.trim());`;
+    const t0 = Date.now();
+    expect(execFileSync(process.execPath, ["--input-type=module", "-e", child], { encoding: "utf8", timeout: 10_000 }).trim()).toBe("done");
+    expect(Date.now() - t0).toBeLessThan(5_000);
+  });
+});
