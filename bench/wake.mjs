@@ -18,7 +18,7 @@
 // The mvm side is the production composition (openNodeRuntime's adapters) in-process, in a network namespace this
 // script creates and deletes; images come from the test-image cache (MVM_IMAGE_CACHE, default .cache/test-images).
 //
-// Usage (root): npm run build && node bench/wake.mjs [--pairs N] [--sizes 128,256,512]
+// Usage (root): npm run build && node bench/wake.mjs [--pairs N (default 5: single pairs vary by ±15% here)] [--sizes 128,256,512]
 // Exit status: 0 whether the targets are met or not; 1 on an error; 2 when it cannot run here.
 
 import { spawn, execFileSync } from "node:child_process";
@@ -40,7 +40,7 @@ const DIRECT_TIMEOUT_MS = 60_000;
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const dist = (path) => pathToFileURL(join(root, "dist", path)).href;
 
-const { values: flags } = parseArgs({ options: { pairs: { type: "string", default: "3" }, sizes: { type: "string", default: "128,256,512" } } });
+const { values: flags } = parseArgs({ options: { pairs: { type: "string", default: "5" }, sizes: { type: "string", default: "128,256,512" } } });
 const PAIRS = Number(flags.pairs);
 const SIZES = flags.sizes.split(",").map(Number);
 if (!Number.isInteger(PAIRS) || PAIRS < 1 || SIZES.some((s) => !Number.isInteger(s) || s < 128)) {
