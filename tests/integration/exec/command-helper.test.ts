@@ -59,6 +59,14 @@ describe("command helper runner", () => {
     await expect(execaHostCommand("/nonexistent/program", ["x"])).rejects.toThrow(/^\/nonexistent\/program x: /);
   });
 
+  it("does not pile up exited subshells over many commands (the agent runs one per instance per idle tick)", async () => {
+    helper = createCommandHelperRunner();
+    for (let i = 0; i < 200; i += 1) await helper.run("true", []);
+    const [pid] = helperPids();
+    const children = spawnSync("ps", ["-o", "stat=", "--ppid", String(pid)], { encoding: "utf8" }).stdout.split("\n").filter(Boolean);
+    expect(children.length).toBeLessThanOrEqual(1);
+  });
+
   it("refuses an argument with a newline before sending anything", async () => {
     helper = createCommandHelperRunner();
     await expect(helper.run("echo", ["a\nb"])).rejects.toThrow(/argument "a\\nb" must not contain a newline or NUL byte/);
