@@ -179,6 +179,9 @@ export function createCommandHelperRunner(options: { shell?: string } = {}): Com
       // Its directory goes when it exits, so the answers still being read must be in first.
       while (h.pending.size > 0 || h.reading > 0) await new Promise((resolve) => setTimeout(resolve, 5));
       const closed = new Promise((resolve) => h.child.once("close", resolve));
+      // Referenced while it winds down: the caller's process must not end before its `await close()` returns.
+      h.child.ref();
+      (h.child.stdout as unknown as { ref(): void }).ref();
       h.child.stdin!.end();
       await closed;
     },

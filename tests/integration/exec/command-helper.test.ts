@@ -103,11 +103,16 @@ describe("command helper runner", () => {
     expect(existsSync(join(tmpdir(), dirs[0]!))).toBe(false);
     expect(helperPids()).toEqual([]);
 
-    // A process that used the helper and has nothing else to do exits at once.
-    const child = `import { createCommandHelperRunner } from ${JSON.stringify(join(process.cwd(), "dist/src/runtime/exec/command-helper.js"))};
+    // A process that used the helper and has nothing else to do exits at once; one that closes it first gets past
+    // its `await close()` (the helper must hold the process open until then).
+    const module = JSON.stringify(join(process.cwd(), "dist/src/runtime/exec/command-helper.js"));
+    const child = `import { createCommandHelperRunner } from ${module};
       const r = createCommandHelperRunner(); console.log((await r.run("echo", ["done"])).stdout.trim());`;
     const t0 = Date.now();
     expect(execFileSync(process.execPath, ["--input-type=module", "-e", child], { encoding: "utf8", timeout: 10_000 }).trim()).toBe("done");
     expect(Date.now() - t0).toBeLessThan(5_000);
+    const closing = `import { createCommandHelperRunner } from ${module};
+      const r = createCommandHelperRunner(); await r.run("true", []); await r.close(); console.log("after close");`;
+    expect(execFileSync(process.execPath, ["--input-type=module", "-e", closing], { encoding: "utf8", timeout: 10_000 }).trim()).toBe("after close");
   });
 });
