@@ -19,7 +19,7 @@ import { join } from "node:path";
 import { MvmError } from "../../core/errors.js";
 import { DEFAULT_HOST_COMMAND_TIMEOUT_MS, hostCommandError, type HostCommandResult, type HostCommandRunner } from "./host-command.js";
 
-export const COMMAND_HELPER_SCRIPT = [
+const COMMAND_HELPER_SCRIPT = [
   'dir=$1',
   "while IFS= read -r id; do",
   "  IFS= read -r input || break",
@@ -163,10 +163,12 @@ export function createCommandHelperRunner(options: { shell?: string } = {}): Com
       await writeFile(input, runOptions.input, { mode: 0o600 });
       if (helper !== h) throw new MvmError("unavailable", `${file}: the command helper exited before the command was sent`);
     }
+    // Whole milliseconds, at least one: `timeout 0` would mean no limit at all.
+    const seconds = (Math.max(1, Math.ceil(timeoutMs)) / 1000).toFixed(3);
     return new Promise<HostCommandResult>((resolve, reject) => {
       h.pending.set(id, { file, args, timeoutMs, startedMs: Date.now(), resolve, reject });
       hold(h);
-      h.child.stdin!.write(`${id}\n${input}\n${(timeoutMs / 1000).toFixed(3)}\n${args.length + 1}\n${[file, ...args].join("\n")}\n`);
+      h.child.stdin!.write(`${id}\n${input}\n${seconds}\n${args.length + 1}\n${[file, ...args].join("\n")}\n`);
     });
   };
 

@@ -2,7 +2,7 @@
 // running them directly gives.
 
 import { execFileSync, spawnSync } from "node:child_process";
-import { existsSync, readdirSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
@@ -37,10 +37,21 @@ describe("command helper runner", () => {
 
   it("runs commands side by side", async () => {
     helper = createCommandHelperRunner();
-    const t0 = Date.now();
-    const results = await Promise.all(Array.from({ length: 6 }, (_, i) => helper.run("sh", ["-c", `sleep 0.4; echo ${i}`])));
-    expect(results.map((r) => r.stdout)).toEqual(["0\n", "1\n", "2\n", "3\n", "4\n", "5\n"]);
-    expect(Date.now() - t0).toBeLessThan(6 * 400);
+    // Each command marks itself, then waits (5 s at most) until all six have: run one after another, the first
+    // would wait alone and fail.
+    const barrier = mkdtempSync(join(tmpdir(), "mvm-helper-barrier-"));
+    try {
+      const script = 'touch "$1/$2"; for n in $(seq 100); do [ "$(ls "$1" | wc -l)" -ge 6 ] && { echo "$2"; exit 0; }; sleep 0.05; done; exit 1';
+      const results = await Promise.all(Array.from({ length: 6 }, (_, i) => helper.run("sh", ["-c", script, "sh", barrier, String(i)])));
+      expect(results.map((r) => [r.exitCode, r.stdout])).toEqual(Array.from({ length: 6 }, (_, i) => [0, `${i}\n`]));
+    } finally {
+      rmSync(barrier, { recursive: true, force: true });
+    }
+  });
+
+  it("never sends a limit that would mean none: under a millisecond is one", async () => {
+    helper = createCommandHelperRunner();
+    await expect(helper.run("sleep", ["30"], { timeoutMs: 0.4 })).rejects.toThrow(/timed out after 0.4 ms/);
   });
 
   it("ends a command at its timeout and says so", async () => {
