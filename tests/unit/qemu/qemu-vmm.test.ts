@@ -103,23 +103,25 @@ describe("restore from a parked launcher", () => {
 
   const snapshot = () => ({ type: "full" as const, memoryFile: join(dir, "memory.mig"), stateFile: null, baseMemoryFile: null });
 
-  it("runs QEMU as the parked launcher, which joined its groups before the restore", async () => {
+  /** An adapter on the stand-in QEMU with a launcher parked for `launch`, and that launcher's pid. */
+  async function withParkedLauncher() {
     const qemu = await recordingQemu();
     const vmm = createQemuVmm({ accel: "tcg", binary: qemu.binary, qmpTimeoutMs: 500 });
     const launch = spec({ bootTimeoutMs: 1_000 });
     await vmm.prepareRestore!({ runDir: launch.runDir, cgroupProcsFiles: [] });
     const [parked] = await parkedIn(launch.runDir);
+    return { qemu, vmm, launch, parked };
+  }
+
+  it("runs QEMU as the parked launcher, which joined its groups before the restore", async () => {
+    const { qemu, vmm, launch, parked } = await withParkedLauncher();
     expect(parked).toBeGreaterThan(0);
     await expect(vmm.restore(launch, snapshot())).rejects.toThrow(/qemu exited while loading the snapshot|restoring i-0123abcd/);
     expect(await qemu.ranAs()).toBe(parked);
   });
 
   it("starts a fresh launcher when the parked one is gone, and discardPrepared ends one no restore took", async () => {
-    const qemu = await recordingQemu();
-    const vmm = createQemuVmm({ accel: "tcg", binary: qemu.binary, qmpTimeoutMs: 500 });
-    const launch = spec({ bootTimeoutMs: 1_000 });
-    await vmm.prepareRestore!({ runDir: launch.runDir, cgroupProcsFiles: [] });
-    const [parked] = await parkedIn(launch.runDir);
+    const { qemu, vmm, launch, parked } = await withParkedLauncher();
     process.kill(parked!, "SIGKILL");
     while ((await readProcStartTime(parked!)) !== null) await new Promise((resolve) => setTimeout(resolve, 10));
     await expect(vmm.restore(launch, snapshot())).rejects.toThrow(/restoring i-0123abcd/);
