@@ -122,6 +122,7 @@ export async function openNodeRuntime(options: NodeRuntimeOptions): Promise<Node
     bootTimeoutMs: positiveIntegerFromEnv(env, "MVM_BOOT_TIMEOUT_MS", DEFAULT_BOOT_TIMEOUT_MS),
     stopTimeoutMs: positiveIntegerFromEnv(env, "MVM_STOP_TIMEOUT_MS", DEFAULT_STOP_TIMEOUT_MS),
     async close() {
+      await qemu.close?.();
       await hostCommands.close();
     },
   };

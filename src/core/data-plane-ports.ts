@@ -104,6 +104,11 @@ export interface Vmm {
   shutdown(vmm: VmmProcess, timeoutMs: number): Promise<void>;
   /** True when the process with this pid and start time still runs. */
   isAlive(vmm: VmmProcess): Promise<boolean>;
+  /**
+   * Optional: ends what the adapter keeps ready for later calls (QEMU: a launcher started ahead of a wake). VMMs
+   * are not touched: they outlive whoever started them.
+   */
+  close?(): Promise<void>;
 }
 
 // ── Snapshots ─────────────────────────────────────────────────────────────────────────────────────────────────────

@@ -10,6 +10,11 @@
 // its command on stdin and runs nothing until it gets one. A wake parks one while the snapshot's hash is checked, so
 // that neither the spawn nor the first cgroup join (which waits for an RCU grace period, 6-15 ms here) is left for
 // after the check; the VMM itself still starts only once the check has passed.
+//
+// Starting a launcher forks the agent, whose page tables make that cost ~5 ms of its main thread per 150 MB of
+// memory; during a wake that time is taken from the hash check it runs beside. So a launcher can be started earlier
+// still, placed nowhere (`startStandbyLauncher`): it waits for where to go (directory, log, groups) and only then for
+// its command.
 
 import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
@@ -37,13 +42,24 @@ export const JOIN_CGROUPS_THEN_EXEC_SCRIPT = [
 ].join("\n");
 
 /**
- * Run as `sh -c SCRIPT sh <procs file>...` with stdin a pipe from the caller: joins the groups, then reads the
- * command from stdin (a line with the number of arguments, then one argument per line) and execs it with stdin from
- * /dev/null. End of input before a whole command (the caller discarded it, or went away) ends it with status 125,
- * having run nothing.
+ * Run as `sh -c SCRIPT sh` with stdin a pipe from the caller and output to /dev/null. It first reads where to go, a
+ * line each: its working directory, its log file (appended to), the number of procs files, then one per line; it
+ * enters the directory, sends its output to the log and joins the groups. It then reads the command (a line with the
+ * number of arguments, then one argument per line) and execs it with stdin from /dev/null. End of input before a
+ * whole message (the caller discarded it, or went away) ends it with status 125, having run nothing.
  */
-export const PARKED_LAUNCHER_SCRIPT = [
-  'for file do echo "$$" > "$file" || exit 125; done',
+export const VMM_LAUNCHER_SCRIPT = [
+  "IFS= read -r dir || exit 125",
+  "IFS= read -r log || exit 125",
+  'exec >> "$log" 2>&1',
+  'cd "$dir" || exit 125',
+  "IFS= read -r count || exit 125",
+  'case "$count" in ""|*[!0-9]*) exit 125;; esac',
+  'while [ "$count" -gt 0 ]; do',
+  '  IFS= read -r file || exit 125',
+  '  echo "$$" > "$file" || exit 125',
+  "  count=$((count - 1))",
+  "done",
   "IFS= read -r count || exit 125",
   'case "$count" in ""|*[!0-9]*) exit 125;; esac',
   "set --",
@@ -119,27 +135,27 @@ export async function spawnVmm(options: SpawnVmmOptions): Promise<SpawnedVmm> {
 }
 
 /**
- * Starts `program` in its own session, its output appended to the log file, and resolves once it runs. The child is
- * unreferenced: the caller's process may exit while it runs on.
+ * Starts `program` in its own session, its output appended to the log file (null: to /dev/null), and resolves once it
+ * runs. The child is unreferenced: the caller's process may exit while it runs on.
  */
 async function startDetached(
   program: string,
   args: readonly string[],
   stdin: "ignore" | "pipe",
-  options: { logFile: string; cwd: string },
+  options: { logFile: string | null; cwd: string },
 ): Promise<{ child: ChildProcess; exit: { status(): string | null } }> {
-  const logFd = openSync(options.logFile, "a", 0o600);
+  const logFd = options.logFile === null ? null : openSync(options.logFile, "a", 0o600);
   let child: ChildProcess;
   try {
     child = spawn(program, args, {
       cwd: options.cwd,
       detached: true,
-      stdio: [stdin, logFd, logFd],
+      stdio: [stdin, logFd ?? "ignore", logFd ?? "ignore"],
       // The VMM needs nothing from the caller's environment, which may hold credentials.
       env: { PATH: process.env.PATH ?? DEFAULT_PATH },
     });
   } finally {
-    closeSync(logFd);
+    if (logFd !== null) closeSync(logFd);
   }
   const exit = watchExit(child);
   try {
@@ -185,9 +201,9 @@ async function awaitExec(
 export interface ParkVmmLauncherOptions {
   /** Absolute `cgroup.procs` paths the launcher joins at once. May be empty. */
   cgroupProcsFiles: readonly string[];
-  /** Receives the launcher's and then the VMM's stdout and stderr (appended, created 0600). */
+  /** Absolute path; receives the launcher's and then the VMM's stdout and stderr (appended, created 0600). */
   logFile: string;
-  /** Working directory of the VMM. */
+  /** Absolute working directory of the VMM. */
   cwd: string;
   /** A parked launcher not given its command within this time is ended, ms. Default 60000. */
   parkTimeoutMs?: number;
@@ -205,24 +221,41 @@ export interface ParkedLauncher {
   discard(): void;
 }
 
+/** A launcher placed nowhere yet: in the caller's groups, output to /dev/null, waiting to be told where to go. */
+export interface StandbyLauncher {
+  readonly pid: number;
+  /** True while it waits to be placed: not placed, not discarded, not exited. */
+  readonly waiting: boolean;
+  /**
+   * Sends it into its directory, log and groups (it joins them at once) and returns it parked, waiting for its
+   * command. A standby can be placed once.
+   */
+  place(options: ParkVmmLauncherOptions): Promise<ParkedLauncher>;
+  /** Ends the launcher, which has run nothing; idempotent, and a no-op once it was placed (discard the parked one). */
+  discard(): void;
+}
+
 const DEFAULT_PARK_TIMEOUT_MS = 60_000;
 
+/** Paths and arguments travel to the launcher one per line. */
+function checkLine(value: string, field: string, absolute: boolean): void {
+  if (absolute && !isAbsolute(value)) throw invalidField(field, "must be an absolute path");
+  if (/[\n\0]/.test(value)) throw invalidField(field, "must not contain a newline or NUL (the launcher reads one per line)");
+}
+
 /**
- * Starts a launcher, detached as `spawnVmm`'s is, that joins `cgroupProcsFiles` now and execs nothing until `exec`.
- * Resolves once the process runs; a failure to join a group shows when `exec` is called.
+ * Starts a launcher, detached as `spawnVmm`'s is, that waits to be placed. While it waits it does not keep the
+ * caller's process alive, and when that process ends (its end of the pipe closes) it exits having run nothing.
  */
-export async function parkVmmLauncher(options: ParkVmmLauncherOptions): Promise<ParkedLauncher> {
-  for (const [i, file] of options.cgroupProcsFiles.entries()) {
-    if (!isAbsolute(file)) throw invalidField(`cgroup_procs_files[${i}]`, "must be an absolute path");
-  }
+export async function startStandbyLauncher(): Promise<StandbyLauncher> {
   const shellExe = await realpath(SHELL);
-  const { child, exit } = await startDetached(SHELL, ["-c", PARKED_LAUNCHER_SCRIPT, "sh", ...options.cgroupProcsFiles], "pipe", options);
+  const { child, exit } = await startDetached(SHELL, ["-c", VMM_LAUNCHER_SCRIPT, "sh"], "pipe", { logFile: null, cwd: "/" });
   const stdin = child.stdin!;
   // A write to a launcher that has already exited (it could not join a group) must not become an unhandled error.
   stdin.on("error", () => undefined);
-  let state: "parked" | "running" | "discarded" = "parked";
-  const discard = () => {
-    if (state !== "parked") return;
+  let state: "standby" | "parked" | "running" | "discarded" = "standby";
+  let timer: NodeJS.Timeout | undefined;
+  const end = () => {
     state = "discarded";
     clearTimeout(timer);
     // End of input alone would make it exit 125; the kill ends it at once, wherever it is in its script. It has
@@ -230,33 +263,74 @@ export async function parkVmmLauncher(options: ParkVmmLauncherOptions): Promise<
     stdin.end();
     if (exit.status() === null) child.kill("SIGKILL");
   };
-  const timer = setTimeout(discard, options.parkTimeoutMs ?? DEFAULT_PARK_TIMEOUT_MS);
-  timer.unref();
+  const alive = () => exit.status() === null;
+
+  async function place(options: ParkVmmLauncherOptions): Promise<ParkedLauncher> {
+    if (state !== "standby") throw new MvmError("unavailable", `starting vmm: the standby launcher was ${state === "discarded" ? "discarded" : "placed"} already`);
+    try {
+      checkLine(options.cwd, "cwd", true);
+      checkLine(options.logFile, "log_file", true);
+      for (const [i, file] of options.cgroupProcsFiles.entries()) checkLine(file, `cgroup_procs_files[${i}]`, true);
+      // Created here with its mode; the launcher's shell would create it under the caller's umask.
+      closeSync(openSync(options.logFile, "a", 0o600));
+    } catch (e) {
+      end();
+      throw e;
+    }
+    state = "parked";
+    const files = [...options.cgroupProcsFiles];
+    stdin.write(`${options.cwd}\n${options.logFile}\n${files.length}\n${files.map((f) => `${f}\n`).join("")}`);
+    const discard = () => {
+      if (state === "parked") end();
+    };
+    timer = setTimeout(discard, options.parkTimeoutMs ?? DEFAULT_PARK_TIMEOUT_MS);
+    timer.unref();
+    return {
+      pid: child.pid as number,
+      cgroupProcsFiles: files,
+      get waiting() {
+        return state === "parked" && alive();
+      },
+      async exec(command) {
+        if (state !== "parked") throw new MvmError("unavailable", `starting vmm: the parked launcher was ${state === "running" ? "used" : "discarded"} already`);
+        let argv: string[];
+        try {
+          argv = vmmCommand(command);
+          for (const [i, arg] of argv.entries()) checkLine(arg, `argv[${i}]`, false);
+        } catch (e) {
+          end();
+          throw e;
+        }
+        state = "running";
+        clearTimeout(timer);
+        stdin.end(`${argv.length}\n${argv.map((a) => `${a}\n`).join("")}`);
+        return awaitExec(child, exit, shellExe, { ...command, logFile: options.logFile });
+      },
+      discard,
+    };
+  }
+
   return {
     pid: child.pid as number,
-    cgroupProcsFiles: [...options.cgroupProcsFiles],
     get waiting() {
-      return state === "parked" && exit.status() === null;
+      return state === "standby" && alive();
     },
-    async exec(command) {
-      if (state !== "parked") throw new MvmError("unavailable", `starting vmm: the parked launcher was ${state === "running" ? "used" : "discarded"} already`);
-      let argv: string[];
-      try {
-        argv = vmmCommand(command);
-        for (const [i, arg] of argv.entries()) {
-          if (/[\n\0]/.test(arg)) throw invalidField(`argv[${i}]`, "must not contain a newline or NUL (the parked launcher reads one argument per line)");
-        }
-      } catch (e) {
-        discard();
-        throw e;
-      }
-      state = "running";
-      clearTimeout(timer);
-      stdin.end(`${argv.length}\n${argv.map((a) => `${a}\n`).join("")}`);
-      return awaitExec(child, exit, shellExe, { ...command, logFile: options.logFile });
+    place,
+    discard: () => {
+      if (state === "standby") end();
     },
-    discard,
   };
+}
+
+/**
+ * Starts a launcher that joins `cgroupProcsFiles` now and execs nothing until `exec`. Resolves once the process
+ * runs; a failure to join a group shows when `exec` is called.
+ */
+export async function parkVmmLauncher(options: ParkVmmLauncherOptions): Promise<ParkedLauncher> {
+  checkLine(options.cwd, "cwd", true);
+  checkLine(options.logFile, "log_file", true);
+  for (const [i, file] of options.cgroupProcsFiles.entries()) checkLine(file, `cgroup_procs_files[${i}]`, true);
+  return (await startStandbyLauncher()).place(options);
 }
 
 /** The pid and start time a pid file written by `spawnVmm` holds, or null when it is missing or malformed. */

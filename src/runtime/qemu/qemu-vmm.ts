@@ -7,7 +7,7 @@ import { join } from "node:path";
 import type { VmLaunchSpec, Vmm, VmmCapabilities, VmmProcess, VmSnapshotFiles, VmSnapshotType } from "../../core/data-plane-ports.js";
 import { MvmError, failedPrecondition } from "../../core/errors.js";
 import { isSameProcess } from "../process/proc-stat.js";
-import { parkVmmLauncher, readVmmPidFile, spawnVmm, type ParkedLauncher } from "../process/spawn-vmm.js";
+import { parkVmmLauncher, readVmmPidFile, spawnVmm, startStandbyLauncher, type ParkedLauncher, type StandbyLauncher } from "../process/spawn-vmm.js";
 import { terminateProcess, waitForProcessExit, watchForExit } from "../process/terminate.js";
 import { unlinkIfPresent } from "../store/atomic-file.js";
 import { waitForGuestReady } from "./guest-ready.js";
@@ -51,6 +51,11 @@ const MIGRATION_MAX_BANDWIDTH = 64 * 1024 ** 3;
 const MIGRATION_POLL_MS = 5;
 /** Writing guest memory of up to tens of GiB to a local disk. */
 const SNAPSHOT_TIMEOUT_MS = 600_000;
+/**
+ * How long after a wake took the standby launcher the next one is started: past that wake's own busy part (the
+ * restore and the guest's wake hook), so that its fork does not compete with it.
+ */
+const STANDBY_REFILL_DELAY_MS = 1_000;
 
 export function createQemuVmm(options: QemuVmmOptions = {}): Vmm {
   const binary = options.binary ?? DEFAULT_BINARY;
@@ -81,6 +86,36 @@ export function createQemuVmm(options: QemuVmmOptions = {}): Vmm {
   function discardParked(runDir: string): void {
     parked.get(runDir)?.discard();
     parked.delete(runDir);
+  }
+
+  // One launcher kept started ahead of any wake (see spawn-vmm.ts): a sleep leaves one behind for the wake that
+  // follows it, and each wake has the next one started once it is done.
+  let standby: StandbyLauncher | null = null;
+  let starting: Promise<void> | null = null;
+  let closed = false;
+
+  function keepStandby(): Promise<void> {
+    if (closed || standby?.waiting) return Promise.resolve();
+    starting ??= startStandbyLauncher()
+      .then((fresh) => {
+        standby?.discard();
+        standby = fresh;
+        if (closed) fresh.discard();
+      })
+      // Nothing depends on it: a wake without a standby starts its launcher itself.
+      .catch(() => undefined)
+      .finally(() => {
+        starting = null;
+      });
+    return starting;
+  }
+
+  function takeStandby(): StandbyLauncher | null {
+    const taken = standby;
+    standby = null;
+    if (taken?.waiting) return taken;
+    taken?.discard();
+    return null;
   }
 
   /**
@@ -259,6 +294,7 @@ export function createQemuVmm(options: QemuVmmOptions = {}): Vmm {
       throw wrap(e, `snapshot of vmm pid ${vmm.pid} to ${memoryFile}`);
     });
     await chmod(memoryFile, 0o600);
+    void keepStandby();
     return { type: "full", memoryFile, stateFile: null, baseMemoryFile: null };
   }
 
@@ -353,12 +389,23 @@ export function createQemuVmm(options: QemuVmmOptions = {}): Vmm {
     return { kind: "qemu", available: version !== null, version, kvmUsable: kvm.usable, diffSnapshots: false, notes };
   }
 
-  /** Parks a launcher in the instance's groups for the restore that follows (see spawn-vmm.ts). */
+  /** Parks a launcher in the instance's groups for the restore that follows: the standby one when there is one. */
   async function prepareRestore(launch: { runDir: string; cgroupProcsFiles: readonly string[] }): Promise<void> {
     await mkdir(launch.runDir, { recursive: true, mode: 0o700 });
-    const launcher = await parkVmmLauncher({ cgroupProcsFiles: launch.cgroupProcsFiles, logFile: qemuRunFiles(launch.runDir).vmmLog, cwd: launch.runDir });
+    const placement = { cgroupProcsFiles: launch.cgroupProcsFiles, logFile: qemuRunFiles(launch.runDir).vmmLog, cwd: launch.runDir };
+    const standing = takeStandby();
+    setTimeout(() => void keepStandby(), STANDBY_REFILL_DELAY_MS).unref();
+    const launcher = standing !== null ? await standing.place(placement) : await parkVmmLauncher(placement);
     discardParked(launch.runDir);
     parked.set(launch.runDir, launcher);
+  }
+
+  async function close(): Promise<void> {
+    closed = true;
+    await starting;
+    standby?.discard();
+    standby = null;
+    for (const runDir of [...parked.keys()]) discardParked(runDir);
   }
 
   return {
@@ -370,6 +417,7 @@ export function createQemuVmm(options: QemuVmmOptions = {}): Vmm {
     snapshot,
     prepareRestore,
     discardPrepared: async (runDir) => discardParked(runDir),
+    close,
     restore,
     shutdown,
     isAlive: (vmm) => isSameProcess(vmm.pid, vmm.pidStartTime),

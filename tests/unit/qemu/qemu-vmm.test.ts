@@ -7,9 +7,9 @@ import { access, mkdtemp, readFile, readdir, readlink, rm, writeFile } from "nod
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import type { VmLaunchSpec, VmmProcess } from "../../../src/core/data-plane-ports.js";
+import type { Vmm, VmLaunchSpec, VmmProcess } from "../../../src/core/data-plane-ports.js";
 import { readProcStartTime } from "../../../src/runtime/process/proc-stat.js";
-import { PARKED_LAUNCHER_SCRIPT } from "../../../src/runtime/process/spawn-vmm.js";
+import { VMM_LAUNCHER_SCRIPT } from "../../../src/runtime/process/spawn-vmm.js";
 import { createQemuVmm } from "../../../src/runtime/qemu/qemu-vmm.js";
 
 let dir: string;
@@ -89,27 +89,45 @@ describe("restore from a parked launcher", () => {
     return { binary, ranAs: async () => (await readFile(record, "utf8").then((t) => Number(t.trim()), () => null)) };
   }
 
-  /** Pids of the parked launchers (their shell runs the parked script) whose working directory is `cwd`. */
+  /** Pids of this process's launchers (their shell runs the launcher script) whose working directory is `cwd`. */
   async function parkedIn(cwd: string): Promise<number[]> {
     const pids: number[] = [];
     for (const entry of await readdir("/proc")) {
       if (!/^\d+$/.test(entry)) continue;
       const cmdline = await readFile(`/proc/${entry}/cmdline`, "utf8").catch(() => "");
       const where = await readlink(`/proc/${entry}/cwd`).catch(() => "");
-      if (cmdline.includes(PARKED_LAUNCHER_SCRIPT) && where === cwd) pids.push(Number(entry));
+      const stat = await readFile(`/proc/${entry}/stat`, "utf8").catch(() => "");
+      const parent = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      if (cmdline.includes(VMM_LAUNCHER_SCRIPT) && where === cwd && parent === process.pid) pids.push(Number(entry));
     }
     return pids;
   }
 
+  const adapters: Vmm[] = [];
+  afterEach(async () => {
+    for (const vmm of adapters.splice(0)) await vmm.close?.();
+  });
+
   const snapshot = () => ({ type: "full" as const, memoryFile: join(dir, "memory.mig"), stateFile: null, baseMemoryFile: null });
+
+  /** Polls `read` until it gives a non-empty list (the launcher enters its directory once it reads where to go). */
+  async function found(read: () => Promise<number[]>): Promise<number[]> {
+    for (let i = 0; i < 500; i++) {
+      const pids = await read();
+      if (pids.length > 0) return pids;
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    return [];
+  }
 
   /** An adapter on the stand-in QEMU with a launcher parked for `launch`, and that launcher's pid. */
   async function withParkedLauncher() {
     const qemu = await recordingQemu();
     const vmm = createQemuVmm({ accel: "tcg", binary: qemu.binary, qmpTimeoutMs: 500 });
+    adapters.push(vmm);
     const launch = spec({ bootTimeoutMs: 1_000 });
     await vmm.prepareRestore!({ runDir: launch.runDir, cgroupProcsFiles: [] });
-    const [parked] = await parkedIn(launch.runDir);
+    const [parked] = await found(() => parkedIn(launch.runDir));
     return { qemu, vmm, launch, parked };
   }
 
@@ -130,9 +148,40 @@ describe("restore from a parked launcher", () => {
     expect(ran).not.toBe(parked);
 
     await vmm.prepareRestore!({ runDir: launch.runDir, cgroupProcsFiles: [] });
-    const [again] = await parkedIn(launch.runDir);
+    const [again] = await found(() => parkedIn(launch.runDir));
     await vmm.discardPrepared!(launch.runDir);
     for (let i = 0; i < 200 && (await readProcStartTime(again!)) !== null; i++) await new Promise((resolve) => setTimeout(resolve, 10));
     expect(await readProcStartTime(again!)).toBeNull();
+  });
+
+  it("keeps a standby launcher after a restore took one, which the next restore runs QEMU as; close ends it", async () => {
+    const { qemu, vmm, launch, parked } = await withParkedLauncher();
+    await expect(vmm.restore(launch, snapshot())).rejects.toThrow(/restoring i-0123abcd/);
+    expect(await qemu.ranAs()).toBe(parked);
+    // The first launcher was started for the wake; the next one is started after it, ahead of the next wake, and
+    // waits in no directory of an instance.
+    const [standby] = await found(() => parkedIn("/"));
+    expect(standby).toBeGreaterThan(0);
+    await vmm.prepareRestore!({ runDir: launch.runDir, cgroupProcsFiles: [] });
+    expect(await found(() => parkedIn(launch.runDir))).toEqual([standby]);
+    await expect(vmm.restore(launch, snapshot())).rejects.toThrow(/restoring i-0123abcd/);
+    expect(await qemu.ranAs()).toBe(standby);
+
+    const [next] = await found(() => parkedIn("/"));
+    expect(next).not.toBe(standby);
+    await vmm.prepareRestore!({ runDir: join(dir, "other"), cgroupProcsFiles: [] });
+    const [placed] = await found(() => parkedIn(join(dir, "other")));
+    expect(placed).toBe(next);
+    const [waiting] = await found(() => parkedIn("/"));
+    expect(waiting).toBeGreaterThan(0);
+    await vmm.close!();
+    // Both the launcher parked for "other" and the standby are ended.
+    for (const pid of [placed!, waiting!]) {
+      for (let i = 0; i < 200 && (await readProcStartTime(pid)) !== null; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+      expect(await readProcStartTime(pid)).toBeNull();
+    }
+    // No standby is started after close (the refill that follows each prepared restore).
+    await new Promise((resolve) => setTimeout(resolve, 1_500));
+    expect(await parkedIn("/")).toEqual([]);
   });
 });

@@ -2,7 +2,7 @@
 // and paths passed literally, detached from the caller, and surviving the caller's exit.
 
 import { execFile } from "node:child_process";
-import { mkdir, mkdtemp, readFile, readdir, readlink, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, readdir, readlink, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -14,6 +14,7 @@ import {
   parkVmmLauncher,
   readVmmPidFile,
   spawnVmm,
+  startStandbyLauncher,
   vmmLauncherArgv,
 } from "../../../src/runtime/process/spawn-vmm.js";
 import { signalProcess, terminateProcess, waitForProcessExit } from "../../../src/runtime/process/terminate.js";
@@ -40,6 +41,16 @@ const RECORDER = [
   "console.log('to stdout'); console.error('to stderr');",
   "setInterval(() => {}, 1000);",
 ].join(" ");
+
+/** A bare-node program that imports `name` from the transpiled spawn-vmm.ts and runs `lines`; returns its path. */
+async function starterScript(name: string, lines: string[]): Promise<string> {
+  await mkdir(join(dir, "js"));
+  const modules = await transpileModules(["src/runtime/process/spawn-vmm.ts"], join(dir, "js"));
+  const starter = join(dir, "starter.mjs");
+  const from = JSON.stringify(modules.urlOf("src/runtime/process/spawn-vmm.ts"));
+  await writeFile(starter, [`import { ${name} } from ${from};`, ...lines].join("\n"));
+  return starter;
+}
 
 async function waitForFile(path: string): Promise<string> {
   for (let i = 0; i < 200; i++) {
@@ -167,17 +178,10 @@ describe("spawnVmm", () => {
   });
 
   it("leaves a process that outlives the program that started it", async () => {
-    await mkdir(join(dir, "js"));
-    const modules = await transpileModules(["src/runtime/process/spawn-vmm.ts"], join(dir, "js"));
-    const starter = join(dir, "starter.mjs");
-    await writeFile(
-      starter,
-      [
-        `import { spawnVmm } from ${JSON.stringify(modules.urlOf("src/runtime/process/spawn-vmm.ts"))};`,
+    const starter = await starterScript("spawnVmm", [
         `const r = await spawnVmm({ argv: ["sleep", "60"], netns: null, cgroupProcsFiles: [], logFile: ${JSON.stringify(join(dir, "l"))}, pidFile: ${JSON.stringify(join(dir, "p"))}, cwd: ${JSON.stringify(dir)} });`,
         "console.log(JSON.stringify({ ...r, parent: process.pid }));",
-      ].join("\n"),
-    );
+    ]);
     // The starter must exit on its own: a handle kept on the child would hold it open.
     const { stdout } = await run(process.execPath, [starter], { timeout: 10_000 });
     const started = JSON.parse(stdout) as { pid: number; startTime: number; parent: number };
@@ -256,6 +260,77 @@ describe("parkVmmLauncher", () => {
       /launcher exited \(status 125\) before the vmm ran: .*no-such-group\/cgroup\.procs/,
     );
     expect(await readFile(marker).then(() => true, () => false)).toBe(false);
+  });
+});
+
+describe("startStandbyLauncher", () => {
+  async function until(check: () => Promise<boolean>): Promise<boolean> {
+    for (let i = 0; i < 200; i++) {
+      if (await check()) return true;
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    return false;
+  }
+
+  it("waits placed nowhere, then enters the directory, log and groups it is given, and execs as the same process", async () => {
+    const standby = await startStandbyLauncher();
+    spawned.push({ pid: standby.pid, startTime: (await readProcStartTime(standby.pid))! });
+    const procs = [join(dir, "memory", "cgroup.procs"), join(dir, "pids $(touch PWNED)", "cgroup.procs")];
+    for (const p of procs) {
+      await mkdir(join(p, ".."), { recursive: true });
+      await writeFile(p, "");
+    }
+    expect(standby.waiting).toBe(true);
+    expect(await readlink(`/proc/${standby.pid}/cwd`)).toBe("/");
+    expect(await readlink(`/proc/${standby.pid}/fd/1`)).toBe("/dev/null");
+
+    const log = join(dir, "run dir", "vmm.log");
+    await mkdir(join(dir, "run dir"));
+    const launcher = await standby.place({ cgroupProcsFiles: procs, logFile: log, cwd: join(dir, "run dir") });
+    expect(standby.waiting).toBe(false);
+    expect(launcher.pid).toBe(standby.pid);
+    expect(launcher.waiting).toBe(true);
+    expect(await until(async () => (await readFile(procs[1]!, "utf8")) !== "")).toBe(true);
+    for (const p of procs) expect(await readFile(p, "utf8")).toBe(`${standby.pid}\n`);
+    expect(await readlink(`/proc/${standby.pid}/cwd`)).toBe(join(dir, "run dir"));
+    expect((await stat(log)).mode & 0o777).toBe(0o600);
+    await expect(standby.place({ cgroupProcsFiles: [], logFile: log, cwd: dir })).rejects.toThrow(/placed already/);
+
+    const out = join(dir, "argv.json");
+    const result = await launcher.exec({ argv: [process.execPath, "-e", RECORDER, out, "a b", ""], netns: null, pidFile: join(dir, "vmm.pid") });
+    expect(result.pid).toBe(standby.pid);
+    expect(JSON.parse(await waitForFile(out))).toEqual(["a b", ""]);
+    expect(await until(async () => (await readFile(log, "utf8")).includes("to stderr"))).toBe(true);
+    expect(await readFile(log, "utf8")).toContain("to stdout");
+    expect((await readdir(dir, { recursive: true })).map(String).filter((f) => /PWNED$/.test(f))).toEqual([]);
+  });
+
+  it("refuses a relative path or one with a newline before sending anything, and ends the launcher", async () => {
+    for (const bad of [
+      { placement: { cgroupProcsFiles: [], logFile: "vmm.log", cwd: dir }, message: /log_file: must be an absolute path/ },
+      { placement: { cgroupProcsFiles: [], logFile: join(dir, "vmm.log"), cwd: `${dir}\nx` }, message: /cwd: must not contain a newline/ },
+      { placement: { cgroupProcsFiles: [join(dir, "a\nb")], logFile: join(dir, "vmm.log"), cwd: dir }, message: /cgroup_procs_files\[0\]: must not contain a newline/ },
+    ]) {
+      const standby = await startStandbyLauncher();
+      await expect(standby.place(bad.placement)).rejects.toThrow(bad.message);
+      expect(await until(async () => (await readProcStartTime(standby.pid)) === null)).toBe(true);
+      expect(standby.waiting).toBe(false);
+    }
+    expect(await readdir(dir)).toEqual([]);
+  });
+
+  it("ends without running anything when discarded, and does not keep its starter alive, ending with it", async () => {
+    const discarded = await startStandbyLauncher();
+    discarded.discard();
+    expect(discarded.waiting).toBe(false);
+    expect(await until(async () => (await readProcStartTime(discarded.pid)) === null)).toBe(true);
+    await expect(discarded.place({ cgroupProcsFiles: [], logFile: join(dir, "l"), cwd: dir })).rejects.toThrow(/discarded already/);
+
+    const starter = await starterScript("startStandbyLauncher", ["const s = await startStandbyLauncher();", "console.log(JSON.stringify({ pid: s.pid }));"]);
+    // The starter must exit on its own, and its standby launcher, told nothing, with it.
+    const { stdout } = await run(process.execPath, [starter], { timeout: 10_000 });
+    const { pid } = JSON.parse(stdout) as { pid: number };
+    expect(await until(async () => (await readProcStartTime(pid)) === null)).toBe(true);
   });
 });
 
