@@ -243,6 +243,12 @@ function checkLine(value: string, field: string, absolute: boolean): void {
   if (/[\n\0]/.test(value)) throw invalidField(field, "must not contain a newline or NUL (the launcher reads one per line)");
 }
 
+function checkPlacement(options: ParkVmmLauncherOptions): void {
+  checkLine(options.cwd, "cwd", true);
+  checkLine(options.logFile, "log_file", true);
+  for (const [i, file] of options.cgroupProcsFiles.entries()) checkLine(file, `cgroup_procs_files[${i}]`, true);
+}
+
 /**
  * Starts a launcher, detached as `spawnVmm`'s is, that waits to be placed. While it waits it does not keep the
  * caller's process alive, and when that process ends (its end of the pipe closes) it exits having run nothing.
@@ -268,9 +274,7 @@ export async function startStandbyLauncher(): Promise<StandbyLauncher> {
   async function place(options: ParkVmmLauncherOptions): Promise<ParkedLauncher> {
     if (state !== "standby") throw new MvmError("unavailable", `starting vmm: the standby launcher was ${state === "discarded" ? "discarded" : "placed"} already`);
     try {
-      checkLine(options.cwd, "cwd", true);
-      checkLine(options.logFile, "log_file", true);
-      for (const [i, file] of options.cgroupProcsFiles.entries()) checkLine(file, `cgroup_procs_files[${i}]`, true);
+      checkPlacement(options);
       // Created here with its mode; the launcher's shell would create it under the caller's umask.
       closeSync(openSync(options.logFile, "a", 0o600));
     } catch (e) {
@@ -327,9 +331,8 @@ export async function startStandbyLauncher(): Promise<StandbyLauncher> {
  * runs; a failure to join a group shows when `exec` is called.
  */
 export async function parkVmmLauncher(options: ParkVmmLauncherOptions): Promise<ParkedLauncher> {
-  checkLine(options.cwd, "cwd", true);
-  checkLine(options.logFile, "log_file", true);
-  for (const [i, file] of options.cgroupProcsFiles.entries()) checkLine(file, `cgroup_procs_files[${i}]`, true);
+  // Checked before the fork as well: bad input starts nothing.
+  checkPlacement(options);
   return (await startStandbyLauncher()).place(options);
 }
 
