@@ -52,7 +52,7 @@ const MIGRATION_POLL_MS = 5;
 /** Writing guest memory of up to tens of GiB to a local disk. */
 const SNAPSHOT_TIMEOUT_MS = 600_000;
 /**
- * How long after a wake took the standby launcher the next one is started: past that wake's own busy part (the
+ * How long after a wake readied its launcher the next standby one is started: past that wake's own busy part (the
  * restore and the guest's wake hook), so that its fork does not compete with it.
  */
 const STANDBY_REFILL_DELAY_MS = 1_000;
