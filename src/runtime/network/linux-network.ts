@@ -11,9 +11,9 @@ import { ensureTapGuardScript, removeTapGuardScript, tapGuardDispatch } from "./
 import { ensureTenantInetScript, removeTenantInetScript, tenantInetDispatch } from "./inet-ruleset.js";
 import { isNoSuchDevice, parseLinkCounters, parseLinks, type LinkState } from "./ip-links.js";
 import { checkInterfaceName, checkNetnsName, checkTapName, checkTapPlan, checkTenantPlan } from "./network-plan-checks.js";
-import { emptyLiveTable, parseChainListing, parseElementListing, type LiveTable } from "./nft-listing.js";
-import { dispatchDeleteCommand, NFT_TABLE_NAME, type NftDispatch, type NftFamily } from "./nft-script.js";
-import { inspectTenantNetwork, type TenantNetworkInspection } from "./tenant-network-inspection.js";
+import { emptyLiveTable, parseChainListing, parseElementListing, parseRulesetListing, type LiveTable } from "./nft-listing.js";
+import { dispatchDeleteCommand, NFT_TABLE_NAME, tableRef, type NftDispatch, type NftFamily } from "./nft-script.js";
+import { inspectTenantNetwork, instanceRulesProblems, type TenantNetworkInspection } from "./tenant-network-inspection.js";
 
 export interface LinuxNetworkOptions {
   /** Network namespace holding the bridges, TAPs and rules; null for the root namespace. */
@@ -126,6 +126,12 @@ export function createLinuxNetwork(options: LinuxNetworkOptions): Network {
     return { chains: parseChainListing(text.stdout), ...parseElementListing(json.stdout) };
   }
 
+  async function liveRuleset(): Promise<Map<string, LiveTable>> {
+    const r = await nftRaw(["list", "ruleset"]);
+    if (r.exitCode !== 0) throw hostCommandError("nft", ["list", "ruleset"], `exit code ${r.exitCode}`, r.stderr);
+    return parseRulesetListing(r.stdout);
+  }
+
   async function deleteLinkIfPresent(name: string): Promise<void> {
     const r = await ipRaw(["link", "del", "dev", name]);
     if (r.exitCode !== 0 && !isNoSuchDevice(r.stderr)) {
@@ -195,22 +201,28 @@ export function createLinuxNetwork(options: LinuxNetworkOptions): Network {
   }
 
   /**
-   * The start path in three host commands: one nft transaction with the tenant's rules and the TAP's guard (while
-   * the links are read), then one `ip -batch` for whatever of bridge, address and TAP is missing. nftables matches
-   * interfaces by name, so isolation and the guard are in force before the bridge or the TAP exist. A batch that
-   * trips over a link made meanwhile by another writer falls back to the step-by-step path.
+   * The start and wake path: the links and the ruleset are read side by side; one nft transaction with the tenant's
+   * rules and the TAP's guard runs only when some of it is not in force; then one `ip -batch` for whatever of bridge,
+   * address and TAP is missing. nftables matches interfaces by name, so isolation and the guard are in force before
+   * the bridge or the TAP exist. A batch that trips over a link made meanwhile by another writer falls back to the
+   * step-by-step path.
+   *
+   * Reading first matters on a wake, which finds everything in place: the transaction flushes and re-adds the
+   * tenant's chains, and nft then waits ~12 ms for the kernel to free the replaced rules, longer than the snapshot's
+   * hash check it runs beside. A read costs ~3 ms and changes nothing.
    */
   async function ensureInstanceNetwork(plan: TenantNetworkPlan, tap: TapPlan): Promise<void> {
     checkTenantPlan(plan);
     checkTapPlan(plan, tap);
     await ready();
-    const [all] = await Promise.all([
-      links(),
-      applyNft(`${ensureTenantInetScript(plan)}${ensureTapGuardScript(tap)}`, [
+    const [all, ruleset] = await Promise.all([links(), liveRuleset()]);
+    const table = (family: NftFamily) => ruleset.get(tableRef(family)) ?? emptyLiveTable();
+    if (instanceRulesProblems(plan, tap, table("inet"), table("bridge")).length > 0) {
+      await applyNft(`${ensureTenantInetScript(plan)}${ensureTapGuardScript(tap)}`, [
         ...inetDispatchOf(plan),
         { family: "bridge", entry: tapGuardDispatch(tap.name) },
-      ]),
-    ]);
+      ]);
+    }
     const bridge = all.find((l) => l.name === plan.bridgeName) ?? null;
     if (bridge !== null && bridge.kind !== "bridge") {
       throw failedPrecondition(`interface ${plan.bridgeName} exists but is a ${bridge.kind ?? "plain"} interface, not a bridge; remove it first`);

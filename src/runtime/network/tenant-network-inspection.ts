@@ -162,3 +162,22 @@ export function inspectTenantNetwork(
   );
   return { checks, strayTaps, missingTaps };
 }
+
+/**
+ * What of ensureInstanceNetwork's nft transaction (the tenant's part of `inet mvm`, the TAP's part of `bridge mvm`)
+ * is not in force in these live tables; empty when running it would change nothing. Checks every line the
+ * transaction writes: the base chains with their hooks and dispatch rules, the tenant's four chains, its bridge in
+ * the set of tenant bridges, its four dispatch entries, the TAP's guard chain and its dispatch entry. A chain
+ * holding anything more or less than intended counts, as the transaction would flush it.
+ */
+export function instanceRulesProblems(plan: TenantNetworkPlan, tap: TapPlan, inet: LiveTable, bridge: LiveTable): string[] {
+  return [
+    ...INET_BASE_CHAINS.map((c) => baseChainProblem(inet, c)),
+    ...Object.values(tenantInetRules(plan)).map((c: NftChain) => chainProblem(inet, c)),
+    bridgeMembershipProblem(inet, plan.bridgeName),
+    ...tenantInetDispatch(plan).map((d) => dispatchProblem(inet, d)),
+    baseChainProblem(bridge, BRIDGE_BASE_CHAIN),
+    chainProblem(bridge, tapGuardChain(tap)),
+    dispatchProblem(bridge, tapGuardDispatch(tap.name)),
+  ].filter((p): p is string => p !== null);
+}

@@ -326,10 +326,19 @@ describe.skipIf(skipReason !== null)("linux network adapter in a test namespace"
       expect(await must("ip", ["netns", "exec", dataPlaneNs, "cat", "/proc/sys/net/ipv4/ip_forward"])).toMatch(/^1/);
       // Second instance of the same tenant (bridge present) and a repeat of the first: both leave a clean network.
       await network.ensureInstanceNetwork(C, c2);
+      const dropHandle = await nftRuleHandle("tenant_3_input", "drop");
       await network.ensureInstanceNetwork(C, c1);
       const report = await network.verify(C, [c1, c2], false);
       expect(report.checks.filter((c) => !c.ok)).toEqual([]);
       expect(report.ok).toBe(true);
+      // With everything in force the repeat wrote nothing: a transaction would have re-added the rule (new handle).
+      expect(await nftRuleHandle("tenant_3_input", "drop")).toBe(dropHandle);
+      // A rule deleted by hand is back after the next ensure.
+      await nftIn(["delete", "rule", "inet", "mvm", "tenant_3_input", "handle", dropHandle]);
+      expect((await network.verify(C, [c1, c2], false)).ok).toBe(false);
+      await network.ensureInstanceNetwork(C, c1);
+      expect(await nftRuleHandle("tenant_3_input", "drop")).not.toBe(dropHandle);
+      expect((await network.verify(C, [c1, c2], false)).ok).toBe(true);
       // The guard is the TAP's own: the right MAC and IP in its chain.
       const guard = await nftIn(["list", "chain", "bridge", "mvm", `tap_${c1.name}`]);
       expect(guard).toContain(c1.mac);

@@ -1,5 +1,7 @@
 // The adapter's command sequences, against a scripted runner: which program runs with which arguments, in which
 // namespace, and how answers such as "does not exist" are taken. The real kernel side is in tests/integration.
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import type { TenantNetworkPlan } from "../../../src/core/data-plane-ports.js";
 import { isMvmError } from "../../../src/core/errors.js";
@@ -36,6 +38,9 @@ const plan: TenantNetworkPlan = {
 const tap = { name: "tn1i3", mac: "02:fc:00:01:00:03", guestIp: "10.201.1.3" };
 const bridgeJson = JSON.stringify([{ ifname: "br-mvm-1", flags: ["UP"], linkinfo: { info_kind: "bridge" }, addr_info: [] }]);
 
+// Real nft 1.0.6 output for tenants 1 and 2 and TAP tn1i3 (see tenant-network-inspection.test.ts).
+const fixture = (name: string) => readFileSync(join(import.meta.dirname, "fixtures", name), "utf8");
+
 const joined = (calls: Call[]) => calls.map((c) => c.argv.join(" "));
 
 describe("linux network adapter (scripted commands)", () => {
@@ -60,7 +65,7 @@ describe("linux network adapter (scripted commands)", () => {
     expect(calls.at(-1)?.input).toContain("add table inet mvm");
   });
 
-  it("ensureInstanceNetwork: one nft transaction for tenant and guard, then one ip batch for what is missing", async () => {
+  it("ensureInstanceNetwork: links and ruleset read, one nft transaction for tenant and guard, then one ip batch for what is missing", async () => {
     const fresh = scriptedRunner((argv) => {
       if (argv.join(" ") === "ip netns list") return { stdout: "dp\n" };
       if (argv.includes("show")) return { stdout: "[]" };
@@ -68,9 +73,15 @@ describe("linux network adapter (scripted commands)", () => {
     });
     await createLinuxNetwork({ netns: "dp", run: fresh.run }).ensureInstanceNetwork(plan, tap);
     expect(joined(fresh.calls).slice(1).sort()).toEqual(
-      ["ip -n dp -d -j addr show", "ip netns exec dp nft -f -", "ip -n dp -batch -", "ip netns exec dp sysctl -w net.ipv4.ip_forward=1"].sort(),
+      [
+        "ip -n dp -d -j addr show",
+        "ip netns exec dp nft list ruleset",
+        "ip netns exec dp nft -f -",
+        "ip -n dp -batch -",
+        "ip netns exec dp sysctl -w net.ipv4.ip_forward=1",
+      ].sort(),
     );
-    const nft = fresh.calls.find((c) => c.argv.includes("nft"));
+    const nft = fresh.calls.find((c) => c.argv.includes("-f"));
     expect(nft?.input).toContain("add table inet mvm");
     expect(nft?.input).toContain(`add chain bridge mvm tap_${tap.name}`);
     const batch = fresh.calls.find((c) => c.argv.includes("-batch"));
@@ -82,16 +93,26 @@ describe("linux network adapter (scripted commands)", () => {
       `link set dev ${tap.name} master br-mvm-1 up`,
     ]);
     // The guard is in place before the batch adds the TAP to the bridge.
-    expect(fresh.calls.findIndex((c) => c.argv.includes("nft"))).toBeLessThan(fresh.calls.indexOf(batch!));
+    expect(fresh.calls.indexOf(nft!)).toBeLessThan(fresh.calls.indexOf(batch!));
 
-    // Bridge addressed and up, TAP already its port: rules only, no batch, no sysctl.
+    // Bridge addressed and up, TAP already its port, every rule in force (real nft output for this plan and TAP):
+    // two reads, no write.
     const addressed = [
       { ifname: "br-mvm-1", flags: ["UP"], linkinfo: { info_kind: "bridge" }, addr_info: [{ family: "inet", local: "10.201.1.1", prefixlen: 24 }] },
       { ifname: tap.name, flags: ["UP"], master: "br-mvm-1", linkinfo: { info_kind: "tun" }, addr_info: [] },
     ];
-    const steady = scriptedRunner((argv) => (argv.includes("show") ? { stdout: JSON.stringify(addressed) } : undefined));
+    const ruleset = `${fixture("inet-two-tenants.nft.txt")}${fixture("bridge-one-tap.nft.txt")}`;
+    const inPlace = (listing: string) => (argv: string[]) =>
+      argv.includes("show") ? { stdout: JSON.stringify(addressed) } : argv.includes("ruleset") ? { stdout: listing } : undefined;
+    const steady = scriptedRunner(inPlace(ruleset));
     await createLinuxNetwork({ netns: null, run: steady.run }).ensureInstanceNetwork(plan, tap);
-    expect(joined(steady.calls).sort()).toEqual(["ip -d -j addr show", "nft -f -"]);
+    expect(joined(steady.calls).sort()).toEqual(["ip -d -j addr show", "nft list ruleset"]);
+
+    // One rule of the guard gone (edited by hand): the whole transaction runs again.
+    const damaged = scriptedRunner(inPlace(ruleset.replace("\t\tarp saddr ip != 10.201.1.3 drop\n", "")));
+    await createLinuxNetwork({ netns: null, run: damaged.run }).ensureInstanceNetwork(plan, tap);
+    expect(joined(damaged.calls).sort()).toEqual(["ip -d -j addr show", "nft -f -", "nft list ruleset"]);
+    expect(damaged.calls.find((c) => c.argv.includes("-f"))?.input).toContain("arp saddr ip != 10.201.1.3 drop");
 
     // A link made meanwhile by another writer: the batch fails with "File exists" and the step-by-step path runs.
     const raced = scriptedRunner((argv) => {

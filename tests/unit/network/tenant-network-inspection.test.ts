@@ -5,7 +5,7 @@ import type { TenantNetworkPlan } from "../../../src/core/data-plane-ports.js";
 import { bridgeName, macAddress, tapName } from "../../../src/core/naming.js";
 import type { LinkState } from "../../../src/runtime/network/ip-links.js";
 import { emptyLiveTable, parseChainListing, parseElementListing, type LiveTable } from "../../../src/runtime/network/nft-listing.js";
-import { inspectTenantNetwork, type TenantNetworkObservation } from "../../../src/runtime/network/tenant-network-inspection.js";
+import { inspectTenantNetwork, instanceRulesProblems, type TenantNetworkObservation } from "../../../src/runtime/network/tenant-network-inspection.js";
 
 // The nft fixtures are real nft 1.0.6 output after applying the ensure scripts for tenants 1 and 2 and TAP tn1i3,
 // so a clean report here also proves the expected rules are spelled the way nft prints them.
@@ -133,5 +133,45 @@ describe("tenant network inspection", () => {
     expect(failing(o)).toEqual(["stray taps"]);
     // With no expected TAP at all, the one the fixture holds is stray too.
     expect(inspectTenantNetwork(plan, [], healthy()).strayTaps).toEqual(["tn1i3"]);
+  });
+
+  describe("whether ensureInstanceNetwork's nft transaction would change anything", () => {
+    const problems = (o: TenantNetworkObservation, t = tap, p = plan) => instanceRulesProblems(p, t, o.inet, o.bridge);
+
+    it("finds nothing to do where the tenant's rules and the TAP's guard are in force, for either tenant", () => {
+      expect(problems(healthy())).toEqual([]);
+      // Tenant 2 is in the inet fixture too, but its TAP has no guard there.
+      const two = { ...plan, netId: 2, bridgeName: bridgeName(2), gatewayIp: "10.201.2.1", subnet: "10.201.2.0/24" };
+      const tap2 = { name: tapName(2, 3), mac: macAddress(2, 3), guestIp: "10.201.2.3" };
+      expect(problems(healthy(), tap2, two)).toEqual([`chain tap_${tap2.name} is missing`, `map tap_guard has no entry for ${tap2.name}`]);
+    });
+
+    it("finds every part missing from empty tables", () => {
+      const empty = { ...healthy(), inet: emptyLiveTable(), bridge: emptyLiveTable() };
+      // 3 inet base chains, 4 tenant chains, the set, 4 dispatch entries, the bridge base chain, guard and its entry.
+      expect(problems(empty)).toHaveLength(3 + 4 + 1 + 4 + 1 + 1 + 1);
+    });
+
+    it("counts a rule removed, a rule added, a changed hook, a lost set member and a redirected entry", () => {
+      const cases: [string, (o: Observation) => void, RegExp][] = [
+        ["rule removed", (o) => o.inet.chains.get("tenant_1_input")?.rules.pop(), /chain tenant_1_input holds/],
+        ["rule added", (o) => o.bridge.chains.get(`tap_${tap.name}`)?.rules.unshift("accept"), /chain tap_tn1i3 holds/],
+        ["hook changed", (o) => void ((o.inet.chains.get("forward") as { hook: string | null }).hook = "type filter hook forward priority filter; policy drop;"), /base chain forward is/],
+        ["set member lost", (o) => o.inet.sets.set("tenant_bridges", ["br-mvm-2"]), /does not hold br-mvm-1/],
+        ["entry redirected", (o) => o.inet.maps.get("nat_from")?.set("br-mvm-1", "tenant_2_nat"), /map nat_from sends br-mvm-1 to tenant_2_nat/],
+        ["guard entry gone", (o) => o.bridge.maps.get("tap_guard")?.delete(tap.name), /map tap_guard has no entry for tn1i3/],
+      ];
+      for (const [what, damage, expected] of cases) {
+        const o = healthy();
+        damage(o);
+        const found = problems(o);
+        expect(found, what).toHaveLength(1);
+        expect(found[0], what).toMatch(expected);
+      }
+    });
+
+    it("counts a guard for another MAC or address", () => {
+      expect(problems(healthy(), { ...tap, mac: macAddress(1, 4) })).toEqual([expect.stringMatching(/chain tap_tn1i3 holds/)]);
+    });
   });
 });
