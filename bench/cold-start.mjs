@@ -32,6 +32,7 @@ import { basename, dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import { setTimeout as sleep } from "node:timers/promises";
+import { benchCgroupParent } from "./lib/cgroup-parent.mjs";
 import { qemuPidsUsing } from "./lib/qemu-leftovers.mjs";
 
 const RATIO_TARGET = 1.1;
@@ -84,6 +85,7 @@ const now = () => performance.now();
 const netns = `mvm-bench-${process.pid}`;
 const dataDir = await mkdtemp(join(tmpdir(), "mvm-bench-data-"));
 const directDir = await mkdtemp(join(tmpdir(), "mvm-bench-direct-"));
+const cgroups = await benchCgroupParent(root, "cold-start");
 let runtime = null;
 let directChild = null;
 let netnsCreated = false;
@@ -238,7 +240,7 @@ try {
 
   runtime = await openNodeRuntime({
     dataDir,
-    env: { ...process.env, MVM_IMAGE_CACHE: process.env.MVM_IMAGE_CACHE || join(root, ".cache/test-images") },
+    env: { ...process.env, MVM_IMAGE_CACHE: process.env.MVM_IMAGE_CACHE || join(root, ".cache/test-images"), ...cgroups.env },
     netns,
     actor: { kind: "local", id: "local:bench" },
   });
@@ -353,6 +355,7 @@ try {
     exitCode = 1;
   }
   await sleep(100);
+  if (!cgroups.remove()) exitCode = 1;
   if (netnsCreated) {
     const deleted = spawnSync("ip", ["netns", "delete", netns], { encoding: "utf8" });
     if (deleted.status !== 0) {

@@ -23,6 +23,7 @@ import { availableParallelism, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
+import { benchCgroupParent } from "./lib/cgroup-parent.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const dist = (path) => pathToFileURL(join(root, "dist", path)).href;
@@ -152,7 +153,8 @@ async function realStarts() {
   const netns = `mvm-bench-rec-${process.pid}`;
   const dir = await mkdtemp(join(tmpdir(), "mvm-bench-reconcile-real-"));
   execFileSync("ip", ["netns", "add", netns]);
-  const env = { ...process.env, MVM_IMAGE_CACHE: process.env.MVM_IMAGE_CACHE || join(root, ".cache/test-images") };
+  const cgroups = await benchCgroupParent(root, "reconcile");
+  const env = { ...process.env, MVM_IMAGE_CACHE: process.env.MVM_IMAGE_CACHE || join(root, ".cache/test-images"), ...cgroups.env };
   const runtime = await openNodeRuntime({ dataDir: dir, env, netns, actor: { kind: "system", id: "system:bench" } });
   const tenantsOf = (prefix, count) => Array.from({ length: count }, (_, i) => `${prefix}-${i}`);
   const perTenant = 2;
@@ -198,6 +200,7 @@ async function realStarts() {
   } finally {
     for (const t of [...passTenants, ...directTenants]) await destroyTenantCompletely(runtime, t, true).catch(() => undefined);
     await runtime.close();
+    cgroups.remove();
     spawnSync("ip", ["netns", "delete", netns]);
     await rm(dir, { recursive: true, force: true });
   }

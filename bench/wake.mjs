@@ -29,6 +29,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import { setTimeout as sleep } from "node:timers/promises";
+import { benchCgroupParent } from "./lib/cgroup-parent.mjs";
 import { qemuPidsUsing } from "./lib/qemu-leftovers.mjs";
 
 const COLD_RATIO_TARGET = 0.2;
@@ -82,6 +83,7 @@ const now = () => performance.now();
 const netns = `mvm-bench-wake-${process.pid}`;
 const dataDir = await mkdtemp(join(tmpdir(), "mvm-bench-data-"));
 const directDir = await mkdtemp(join(tmpdir(), "mvm-bench-direct-"));
+const cgroups = await benchCgroupParent(root, "wake");
 let runtime = null;
 let directChild = null;
 let netnsCreated = false;
@@ -193,7 +195,7 @@ try {
   execFileSync("ip", ["-n", netns, "link", "set", "lo", "up"]);
   runtime = await openNodeRuntime({
     dataDir,
-    env: { ...process.env, MVM_IMAGE_CACHE: process.env.MVM_IMAGE_CACHE || join(root, ".cache/test-images") },
+    env: { ...process.env, MVM_IMAGE_CACHE: process.env.MVM_IMAGE_CACHE || join(root, ".cache/test-images"), ...cgroups.env },
     netns,
     actor: { kind: "local", id: "local:bench" },
   });
@@ -277,7 +279,11 @@ try {
   if (runtime) {
     if (await runtime.store.getTenant(TENANT)) await destroyTenantCompletely(runtime, TENANT, true).catch((e) => console.error(`wake: cleanup: ${e.message}`));
   }
-  for (const pid of await leftoverQemuPids()) process.kill(pid, "SIGKILL");
+  const leftovers = await leftoverQemuPids();
+  for (const pid of leftovers) process.kill(pid, "SIGKILL");
+  if (leftovers.length > 0) await sleep(200);
+  await runtime?.close();
+  if (!cgroups.remove()) exitCode = 1;
   if (netnsCreated) spawnSyncQuiet("ip", ["netns", "delete", netns]);
   await rm(dataDir, { recursive: true, force: true });
   await rm(directDir, { recursive: true, force: true });

@@ -2,7 +2,7 @@
 // cgroups, disks, image builder and guest channel. Used by `mvm agent serve` and by the CLI when it acts in-process.
 
 import { join } from "node:path";
-import { failedPrecondition } from "../core/errors.js";
+import { failedPrecondition, invalid } from "../core/errors.js";
 import type { HypervisorKind, WorkerPool } from "../core/model.js";
 import { observeInstanceWrites } from "../core/observed-store.js";
 import type { InstanceEventSink } from "../core/observability-ports.js";
@@ -10,7 +10,8 @@ import { DEFAULT_NETWORK_POOL, DEFAULT_TENANT_PREFIX } from "../core/subnet.js";
 import type { AuditActor, AuditEntry, OperationObserver } from "../core/observability-ports.js";
 import { FsAuditLog } from "../runtime/audit/fs-audit-log.js";
 import { cgroupLimitsFor } from "../runtime/cgroups/cgroup-limits.js";
-import { createCgroups } from "../runtime/cgroups/linux-cgroups.js";
+import { PARENT_RULE, parentViolations } from "../runtime/cgroups/cgroup-files.js";
+import { createCgroups, DEFAULT_CGROUP_PARENT } from "../runtime/cgroups/linux-cgroups.js";
 import { createDebianImageBuilder } from "../runtime/images/debian-image-builder.js";
 import { createCommandHelperRunner } from "../runtime/exec/command-helper.js";
 import { createLinuxNetwork } from "../runtime/network/linux-network.js";
@@ -48,6 +49,16 @@ export interface NodeRuntimeOptions {
   onAuditEntry?: (entry: AuditEntry) => void;
 }
 
+/**
+ * The group all instance cgroups nest under, `$MVM_CGROUP_PARENT` (default `mvm`): one directory name below the
+ * cgroup root, such as a slice an operator made for mvm, or one per test run so that its groups can be removed.
+ */
+export function cgroupParentFromEnv(env: NodeJS.ProcessEnv): string {
+  const parent = env.MVM_CGROUP_PARENT || DEFAULT_CGROUP_PARENT;
+  if (parentViolations(parent).length > 0) throw invalid([{ field: "MVM_CGROUP_PARENT", rule: PARENT_RULE }]);
+  return parent;
+}
+
 function positiveIntegerFromEnv(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
   const value = Number(env[name]);
   return Number.isInteger(value) && value > 0 ? value : fallback;
@@ -55,6 +66,8 @@ function positiveIntegerFromEnv(env: NodeJS.ProcessEnv, name: string, fallback: 
 
 export async function openNodeRuntime(options: NodeRuntimeOptions): Promise<NodeRuntime> {
   const { env } = options;
+  // Checked before anything is opened or made: a bad value changes nothing.
+  const cgroupParent = cgroupParentFromEnv(env);
   const dataRoot = resolveDataRoot({ dataDir: options.dataDir, env, uid: process.getuid?.() });
   const events: InstanceEventSink = options.events ?? { publish: () => undefined };
   const fsStore = await FsStore.open(dataRoot, {
@@ -104,7 +117,7 @@ export async function openNodeRuntime(options: NodeRuntimeOptions): Promise<Node
       return usable ? "firecracker" : "qemu";
     },
     network: createLinuxNetwork({ netns, run: hostCommands.run }),
-    cgroups: createCgroups({}),
+    cgroups: createCgroups({ parent: cgroupParent }),
     volumes: createLinuxVolumes(),
     snapshots: createFsSnapshotStore(),
     guest: withControlPort(createSshGuestChannel()),

@@ -5,7 +5,7 @@
 // Limits are written when the group is made, before any process joins: a VMM must never run unconstrained, and
 // v1 refuses to lower a memory limit below what is already in use.
 
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, rmdirSync, writeFileSync } from "node:fs";
 import { readdir, readFile, realpath, rmdir, stat, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -317,3 +317,37 @@ export function createCgroups(options: CgroupsOptions = {}): Cgroups {
 
   return { version, ensure, remove, usage, limits };
 }
+
+/**
+ * Removes the group `parent` and every group below it, deepest first, in the v2 tree or in each v1 hierarchy mvm
+ * uses; returns the groups that stay because processes are still in them. For a test run or a benchmark that gave its
+ * runtimes a parent of its own (MVM_CGROUP_PARENT) and must leave no group behind; an agent keeps its parent.
+ */
+export function removeCgroupParent(parent: string, root: string = DEFAULT_CGROUP_ROOT): string[] {
+  const problems = parentViolations(parent);
+  if (problems.length > 0) throw invalid(problems);
+  const bases = new Map<string, string>();
+  if (existsSync(join(root, "cgroup.controllers"))) bases.set(root, root);
+  else {
+    for (const controller of [...V1_REQUIRED_CONTROLLERS, V1_ACCOUNTING_CONTROLLER]) {
+      const base = join(root, controller);
+      // Co-mounted controllers (cpu and cpuacct as links to `cpu,cpuacct`) are one hierarchy.
+      if (existsSync(base)) bases.set(realpathSync(base), base);
+    }
+  }
+  const left: string[] = [];
+  const remove = (dir: string) => {
+    for (const entry of readdirSync(dir, { withFileTypes: true })) if (entry.isDirectory()) remove(join(dir, entry.name));
+    try {
+      rmdirSync(dir);
+    } catch {
+      left.push(dir);
+    }
+  };
+  for (const base of bases.values()) {
+    const top = join(base, parent);
+    if (existsSync(top)) remove(top);
+  }
+  return left;
+}
+

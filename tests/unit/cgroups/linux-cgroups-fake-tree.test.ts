@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { isMvmError } from "../../../src/core/errors.js";
 import { cgroupLimitsFor } from "../../../src/runtime/cgroups/cgroup-limits.js";
-import { createCgroups } from "../../../src/runtime/cgroups/linux-cgroups.js";
+import { createCgroups, removeCgroupParent } from "../../../src/runtime/cgroups/linux-cgroups.js";
 
 const key = { tenantId: "acme", poolId: "web", instanceId: "i-0123abcd" };
 const sibling = { ...key, instanceId: "i-0000beef" };
@@ -200,3 +200,37 @@ describe("cgroups adapter on a v2 layout", () => {
     expect(() => createCgroups({ root, parent: "a/b" })).toThrow(/parent: must be/);
   });
 });
+
+describe("removing a run's own cgroup parent", () => {
+  // On cgroupfs a group is a directory whose control files go with it; here the groups are bare directories.
+  it("removes the parent and its groups in every v1 hierarchy, co-mounted ones once, and leaves other parents", async () => {
+    const root = await v1Tree({ coMountCpuacct: true });
+    for (const c of ["memory", "pids", "cpu,cpuacct"]) {
+      await mkdir(join(root, c, "mvm-run-1", "acme", "web", "i-0123abcd"), { recursive: true });
+      await mkdir(join(root, c, "mvm"), { recursive: true });
+    }
+    expect(removeCgroupParent("mvm-run-1", root)).toEqual([]);
+    for (const c of ["memory", "pids", "cpu,cpuacct"]) {
+      expect(existsSync(join(root, c, "mvm-run-1"))).toBe(false);
+      expect(existsSync(join(root, c, "mvm"))).toBe(true);
+    }
+    // Nothing there: nothing to do.
+    expect(removeCgroupParent("mvm-run-1", root)).toEqual([]);
+  });
+
+  it("reports a group that cannot go and still removes the others (v2)", async () => {
+    const root = await v2Tree();
+    await mkdir(join(root, "mvm-run-2", "acme", "web", "i-0123abcd"), { recursive: true });
+    await mkdir(join(root, "mvm-run-2", "acme", "web", "i-0000beef"), { recursive: true });
+    // Stands in for a group with a process still inside: rmdir refuses it.
+    await writeFile(join(root, "mvm-run-2", "acme", "web", "i-0000beef", "cgroup.procs"), "123\n");
+    const web = join(root, "mvm-run-2", "acme", "web");
+    expect(removeCgroupParent("mvm-run-2", root)).toEqual([join(web, "i-0000beef"), web, join(root, "mvm-run-2", "acme"), join(root, "mvm-run-2")]);
+    expect(existsSync(join(root, "mvm-run-2", "acme", "web", "i-0123abcd"))).toBe(false);
+  });
+
+  it("refuses a parent that is not one directory name", () => {
+    expect(() => removeCgroupParent("../etc", "/nonexistent")).toThrow(/parent: must be 1-64 characters/);
+  });
+});
+
