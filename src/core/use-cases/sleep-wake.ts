@@ -1,7 +1,8 @@
 // Warm, resume, sleep and wake of one instance (SPEC §3, §7). Like the cold start in lifecycle.ts, each operation
 // asks the state machine first, runs under the tenant lock and undoes what it did when a later step fails. An
-// instance that fails to sleep stays running (or warm); one that fails to wake stays sleeping with its snapshot
-// untouched, so the operation can be retried.
+// instance that fails to sleep stays running (or warm); one that fails to wake before its guest runs again stays
+// sleeping with its snapshot untouched, so the operation can be retried. Once the guest has run, the snapshot is
+// gone either way: a guest that then does not answer its wake hook keeps running, with Ready false.
 
 import { withoutIdleMark } from "../idle-mark.js";
 import { failedPrecondition, MvmError } from "../errors.js";
@@ -258,8 +259,10 @@ export async function instanceSnapshot(deps: DataPlaneDeps, key: InstanceKey): P
 /**
  * sleeping → running: quota, snapshot hash and host stamp are checked before anything starts; then network, cgroup
  * and a fresh secrets disk are ensured, a new VMM restores the snapshot and resumes, and the guest's wake hook (clock,
- * secrets) runs. The instance is running once that hook answers; the snapshot is removed only then. While the hash is
- * checked, the VMM's launcher may already wait in the new cgroup (Vmm.prepareRestore): it runs nothing until then.
+ * secrets) runs. The instance is running (Ready) once that hook answers. The snapshot is removed once the guest has
+ * run, answered or not; a guest that does not answer within the timeout keeps running with Ready false, and the wake
+ * fails with Unavailable saying so. While the hash is checked, the VMM's launcher may already wait in the new cgroup
+ * (Vmm.prepareRestore): it runs nothing until then.
  */
 export async function wakeInstance(deps: DataPlaneDeps, key: InstanceKey, options: WakeOptions = {}): Promise<Instance> {
   const spent: { snapshot?: SetAsideSnapshot } = {};
@@ -302,6 +305,7 @@ async function wakeLocked(deps: DataPlaneDeps, key: InstanceKey, options: WakeOp
     // TAP and cgroup are reservations a sleeping instance keeps, so a failed wake leaves them in place. The
     // snapshot's hash is checked side by side with preparing them, but always before a VMM starts.
     const rollback = new Rollback();
+    let woken: { instance: Instance; unanswered: MvmError | null };
     try {
       const netPlan = tenantNetworkPlan(tenant, deps.metadataPort);
       const prepareNetwork = () =>
@@ -333,27 +337,53 @@ async function wakeLocked(deps: DataPlaneDeps, key: InstanceKey, options: WakeOp
         revision: meta.revision,
         vmm: { hypervisor: process.hypervisor, pid: process.pid, pidStartTime: process.pidStartTime, apiSocket: process.apiSocket, netns: deps.network.netns },
       };
-      await runWakeHook(deps, running, options.readyTimeoutMs ?? DEFAULT_WAKE_READY_TIMEOUT_MS);
-
-      const now = timestamp(deps.clock);
-      const awake: Instance = {
-        ...running,
-        conditions: setCondition(withoutIdleMark(instance.conditions), { type: "Ready", status: "true", reason: "Woken", message: "restored from snapshot; guest answered" }, now),
-        healthy: true,
-        lastHealthCheckAt: now,
-        updatedAt: now,
-      };
-      await deps.store.putInstance(awake);
-      // The guest runs on: its disks no longer match the snapshot, which must never be restored again. A
-      // decompressed copy made for the restore lies in the snapshot's directory and goes with it.
+      const hookFailure = await runWakeHook(deps, running, options.readyTimeoutMs ?? DEFAULT_WAKE_READY_TIMEOUT_MS).then(
+        () => null,
+        (e: unknown) => (e instanceof Error ? e : new Error(String(e))),
+      );
+      // The guest has run, answered or not: its disks no longer match the snapshot, which must never be restored
+      // again, whatever happens next (a failed record write below included). A decompressed copy made for the
+      // restore lies in the snapshot's directory and goes with it.
       await deps.snapshots
         .setAside(files.snapshotDir)
         .then(spent)
         .catch(() => opened.release().catch(() => undefined));
-      return awake;
+
+      const now = timestamp(deps.clock);
+      const ready =
+        hookFailure === null
+          ? ({ type: "Ready", status: "true", reason: "Woken", message: "restored from snapshot; guest answered" } as const)
+          : ({
+              type: "Ready",
+              status: "false",
+              reason: "WakeHookFailed",
+              message: `restored from snapshot, but the guest did not answer its wake hook: ${hookFailure.message}`,
+            } as const);
+      const awake: Instance = {
+        ...running,
+        conditions: setCondition(withoutIdleMark(instance.conditions), ready, now),
+        healthy: hookFailure === null,
+        lastHealthCheckAt: now,
+        updatedAt: now,
+      };
+      await deps.store.putInstance(awake);
+      // A guest that ran but did not answer keeps running: stopping it would lose its memory, and putting it back to
+      // sleep on a snapshot its disks have outgrown could corrupt them at the next wake.
+      const unanswered =
+        hookFailure === null
+          ? null
+          : new MvmError(
+              "unavailable",
+              `${hookFailure.message}; instance ${instance.instanceId} is running again (Ready false) and its snapshot, which no longer matched its disks, is gone: look into the guest or stop the instance`,
+              [],
+              { cause: hookFailure },
+            );
+      woken = { instance: awake, unanswered };
     } catch (error) {
       throw withRollbackFailures(error, await rollback.run());
     }
+    if (woken.unanswered !== null) throw woken.unanswered;
+    return woken.instance;
   });
 }
 

@@ -1,7 +1,7 @@
 // Warm, resume, sleep and wake of a real microVM through the mvm CLI: QEMU under TCG in a network namespace this
 // test creates and deletes. A counter process, a tmpfs file, the data disk, the network and SSH must all carry on
 // across warm/resume and across sleep/wake, with and without compression; a corrupted snapshot and a wake over quota
-// must fail cleanly and leave the instance sleeping with its snapshot.
+// must fail cleanly and leave the instance sleeping with its snapshot; a guest whose wake hook fails runs on.
 
 import { execFileSync, spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { existsSync, openSync, readFileSync, readSync, statSync, writeSync, closeSync } from "node:fs";
@@ -29,6 +29,7 @@ let instanceDir = "";
 let tapName = "";
 let listener: ChildProcess | null = null;
 
+const HOOK = "/usr/lib/mvm/hooks/wake";
 const ENV = { MVM_NETNS: NETNS, MVM_IMAGE_CACHE: IMAGE_CACHE, MVM_BOOT_TIMEOUT_MS: "150000" };
 
 /** Commands that boot, snapshot or restore under TCG can outlast runMvm's 30 s on a loaded 2-core host. */
@@ -227,6 +228,35 @@ describe.skipIf(skipReason !== null)("sleep and wake of a real microVM", () => {
     expect(existsSync(join(instanceDir, "snapshot", "meta.json"))).toBe(true);
     ok(mvm("tenant", "update", TENANT, "--max-running", "8", "-o", "json"));
   }, 120_000);
+
+  it("a guest whose wake hook fails runs on with Ready false, its counter going on, and its outgrown snapshot removed", () => {
+    // Asleep since the test above: woken, its wake hook broken on purpose, put to sleep again.
+    expect(ok(mvm("instance", "wake", path, "-o", "json")).status).toBe("running");
+    inGuest(`cp ${HOOK} /tmp/wake.saved && printf '#!/bin/sh\\necho broken on purpose >&2\\nexit 3\\n' > ${HOOK}`);
+    const before = counter();
+    sleepAndCheck("none");
+
+    const failed = mvm("instance", "wake", path, "-o", "json");
+    expect(failed.code, failed.stderr).toBe(8);
+    expect(failed.stderr).toMatch(/exited 3: broken on purpose/);
+    expect(failed.stderr).toMatch(/running again \(Ready false\)/);
+    const info = ok(mvm("instance", "info", path, "-o", "json"));
+    expect(info.status).toBe("running");
+    const ready = info.conditions.find((c: { type: string }) => c.type === "Ready");
+    expect(ready?.reason).toBe("WakeHookFailed");
+    expect(String(ready?.status)).toMatch(/false/i);
+    expect(existsSync(join(instanceDir, "snapshot"))).toBe(false);
+    spawnSync("sleep", ["0.5"]);
+    const after = counter();
+    expect(after.pid).toBe(before.pid);
+    expect(after.value).toBeGreaterThan(before.value);
+
+    // Mended, it sleeps and wakes as before (and stays asleep for the next test).
+    inGuest(`cp /tmp/wake.saved ${HOOK}`);
+    sleepAndCheck("none");
+    expect(ok(mvm("instance", "wake", path, "-o", "json")).status).toBe("running");
+    sleepAndCheck("none");
+  }, 300_000);
 
   it("stop of a sleeping instance discards its snapshot", () => {
     expect(ok(mvm("instance", "stop", path, "-o", "json")).status).toBe("stopped");

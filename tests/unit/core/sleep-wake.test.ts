@@ -259,7 +259,8 @@ describe("wake", () => {
     expect(woken.status).toBe("running");
     expect(await instanceSnapshot(deps, keyOf(running))).toBeNull();
     await new Promise((resolve) => setImmediate(resolve));
-    expect(order).toEqual(["put running", "set aside", "audit instance_wake success", "purge"]);
+    // Aside as soon as the guest has run, before the record: from then on its disks no longer match it.
+    expect(order).toEqual(["set aside", "put running", "audit instance_wake success", "purge"]);
   });
 
   it("is a no-op on a running instance", async () => {
@@ -343,13 +344,55 @@ describe("wake", () => {
     expect(plane.cgroups.size).toBe(1);
   });
 
-  it("a failing wake hook stops the restored vmm and leaves the instance sleeping", async () => {
+  it("a guest that ran but failed its wake hook keeps running with Ready false; its outgrown snapshot is removed", async () => {
     const running = await runningInstance();
     await sleepInstance(deps, keyOf(running));
     deps = { ...deps, guest: guestRunning(async (_t, argv) => ({ exitCode: argv[0] === GUEST_HOOKS.wake ? 7 : 0, stdout: "", stderr: "no secrets" })) };
-    await expectKind(wakeInstance(deps, keyOf(running)), "unavailable", /wake hook .* exited 7: no secrets/);
+    await expectKind(wakeInstance(deps, keyOf(running)), "unavailable", /wake hook .* exited 7: no secrets; instance .* is running again \(Ready false\)/);
+    expect(plane.processes.size).toBe(1);
+    const after = await deps.store.getInstance("acme", "web", running.instanceId);
+    expect(after?.status).toBe("running");
+    expect(after?.healthy).toBe(false);
+    expect(after?.conditions.find((c) => c.type === "Ready")).toMatchObject({ status: "false", reason: "WakeHookFailed", message: expect.stringMatching(/exited 7: no secrets/) });
+    expect(await deps.snapshots.readMeta(snapshotDir(running))).toBeNull();
+    // It is an ordinary running instance: it can sleep again.
+    deps = { ...deps, guest: guestRunning(async () => ({ exitCode: 0, stdout: "", stderr: "" })) };
+    expect((await sleepInstance(deps, keyOf(running))).status).toBe("sleeping");
+  });
+
+  it("a guest that never answers keeps running too, once the wait for it has run out", async () => {
+    const running = await runningInstance();
+    await sleepInstance(deps, keyOf(running));
+    deps = {
+      ...deps,
+      clock: { nowMs: () => Date.now() },
+      guest: guestRunning(async () => {
+        throw new Error("ssh: connection refused");
+      }),
+    };
+    await expectKind(wakeInstance(deps, keyOf(running), { readyTimeoutMs: 300 }), "unavailable", /did not answer within 300 ms: ssh: connection refused/);
+    expect(plane.processes.size).toBe(1);
+    expect((await deps.store.getInstance("acme", "web", running.instanceId))?.status).toBe("running");
+    expect(await deps.snapshots.readMeta(snapshotDir(running))).toBeNull();
+  });
+
+  it("when the record cannot be written after the guest ran, the vmm stops and the instance sleeps without its snapshot", async () => {
+    const running = await runningInstance();
+    await sleepInstance(deps, keyOf(running));
+    const store = new Proxy(deps.store, {
+      get: (target, name) =>
+        name === "putInstance"
+          ? async (i: Instance) => {
+              if (i.status === "running") throw new Error("disk full");
+              return target.putInstance(i);
+            }
+          : Reflect.get(target, name),
+    });
+    await expect(wakeInstance({ ...deps, store }, keyOf(running))).rejects.toThrow(/disk full/);
     expect(plane.processes.size).toBe(0);
     expect((await deps.store.getInstance("acme", "web", running.instanceId))?.status).toBe("sleeping");
+    // Never restored on disks that have moved on: the next wake refuses, and a start cold-boots.
+    await expectKind(wakeInstance(deps, keyOf(running)), "failed_precondition", /has no snapshot/);
   });
 
   it("retries a guest that cannot be reached yet", async () => {
