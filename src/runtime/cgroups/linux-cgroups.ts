@@ -350,4 +350,3 @@ export function removeCgroupParent(parent: string, root: string = DEFAULT_CGROUP
   }
   return left;
 }
-
