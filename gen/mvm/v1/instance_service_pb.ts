@@ -1271,8 +1271,10 @@ export const InstanceService: GenService<{
     output: typeof SleepInstanceResponseSchema;
   },
   /**
-   * Restores a sleeping instance from its snapshot and waits until the guest answers. Checks quotas and the
-   * snapshot's host compatibility stamp first.
+   * Restores a sleeping instance from its snapshot and waits until the guest answers. Checks quotas, the
+   * snapshot's hash and its host compatibility stamp first; a failure there leaves it sleeping with its snapshot.
+   * A guest that runs again but does not answer its wake hook stays running with Ready false (UNAVAILABLE), and
+   * its snapshot, which no longer matches its disks, is removed.
    *
    * @generated from rpc mvm.v1.InstanceService.WakeInstance
    */
