@@ -5,8 +5,8 @@
 // Limits are written when the group is made, before any process joins: a VMM must never run unconstrained, and
 // v1 refuses to lower a memory limit below what is already in use.
 
-import { existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, rmdirSync, writeFileSync } from "node:fs";
-import { readdir, readFile, realpath, rmdir, stat, unlink } from "node:fs/promises";
+import { existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, rmdirSync, statSync, writeFileSync } from "node:fs";
+import { readdir, readFile, rmdir, stat, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { CgroupKey, CgroupLimits, CgroupUsage, Cgroups } from "../../core/data-plane-ports.js";
@@ -167,6 +167,29 @@ async function makeDirectory(path: string): Promise<void> {
   }
 }
 
+/**
+ * The v1 hierarchies holding mvm's controllers (required and accounting) that are mounted under `root`; co-mounted
+ * controllers (cpu and cpuacct as links to `cpu,cpuacct`) share one.
+ */
+function mountedV1Hierarchies(root: string): V1Hierarchy[] {
+  const byRealPath = new Map<string, V1Hierarchy>();
+  const controllers: V1Controller[] = [...V1_REQUIRED_CONTROLLERS, V1_ACCOUNTING_CONTROLLER];
+  for (const controller of controllers) {
+    const base = join(root, controller);
+    let real: string;
+    try {
+      if (!statSync(base).isDirectory()) continue;
+      real = realpathSync(base);
+    } catch {
+      continue;
+    }
+    const shared = byRealPath.get(real);
+    if (shared) shared.controllers.push(controller);
+    else byRealPath.set(real, { controllers: [controller], base });
+  }
+  return [...byRealPath.values()];
+}
+
 export function createCgroups(options: CgroupsOptions = {}): Cgroups {
   const root = options.root ?? DEFAULT_CGROUP_ROOT;
   const parent = options.parent ?? DEFAULT_CGROUP_PARENT;
@@ -178,20 +201,10 @@ export function createCgroups(options: CgroupsOptions = {}): Cgroups {
   let hierarchies: Promise<V1Hierarchy[]> | null = null;
   const v1Hierarchies = (): Promise<V1Hierarchy[]> => {
     hierarchies ??= (async () => {
-      const byRealPath = new Map<string, V1Hierarchy>();
-      const wanted: V1Controller[] = [...V1_REQUIRED_CONTROLLERS, V1_ACCOUNTING_CONTROLLER];
-      for (const controller of wanted) {
-        const base = join(root, controller);
-        if (!(await isDirectory(base))) {
-          if (controller === V1_ACCOUNTING_CONTROLLER) continue;
-          throw failedPrecondition(`cgroup v1 controller ${controller} is not mounted at ${base}`);
-        }
-        const real = await realpath(base);
-        const shared = byRealPath.get(real);
-        if (shared) shared.controllers.push(controller);
-        else byRealPath.set(real, { controllers: [controller], base });
-      }
-      return [...byRealPath.values()];
+      const mounted = mountedV1Hierarchies(root);
+      const missing = V1_REQUIRED_CONTROLLERS.find((c) => !mounted.some((h) => h.controllers.includes(c)));
+      if (missing !== undefined) throw failedPrecondition(`cgroup v1 controller ${missing} is not mounted at ${join(root, missing)}`);
+      return mounted;
     })();
     hierarchies.catch(() => {
       hierarchies = null;
@@ -326,15 +339,7 @@ export function createCgroups(options: CgroupsOptions = {}): Cgroups {
 export function removeCgroupParent(parent: string, root: string = DEFAULT_CGROUP_ROOT): string[] {
   const problems = parentViolations(parent);
   if (problems.length > 0) throw invalid(problems);
-  const bases = new Map<string, string>();
-  if (existsSync(join(root, "cgroup.controllers"))) bases.set(root, root);
-  else {
-    for (const controller of [...V1_REQUIRED_CONTROLLERS, V1_ACCOUNTING_CONTROLLER]) {
-      const base = join(root, controller);
-      // Co-mounted controllers (cpu and cpuacct as links to `cpu,cpuacct`) are one hierarchy.
-      if (existsSync(base)) bases.set(realpathSync(base), base);
-    }
-  }
+  const bases = existsSync(join(root, "cgroup.controllers")) ? [root] : mountedV1Hierarchies(root).map((h) => h.base);
   const left: string[] = [];
   const remove = (dir: string) => {
     for (const entry of readdirSync(dir, { withFileTypes: true })) if (entry.isDirectory()) remove(join(dir, entry.name));
@@ -344,7 +349,7 @@ export function removeCgroupParent(parent: string, root: string = DEFAULT_CGROUP
       left.push(dir);
     }
   };
-  for (const base of bases.values()) {
+  for (const base of bases) {
     const top = join(base, parent);
     if (existsSync(top)) remove(top);
   }
