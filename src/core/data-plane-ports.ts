@@ -271,6 +271,11 @@ export interface CgroupLimits {
   /** CPU time per period, µs (vCPUs × period). */
   cpuQuotaUs: number;
   cpuPeriodUs: number;
+  /**
+   * CPU time per period, µs, that the group may use beyond its quota out of what it left unused in earlier periods
+   * (0: none). The long-run average stays within the quota. At most the quota; ignored by kernels before 5.14.
+   */
+  cpuBurstUs: number;
   pidsMax: number;
 }
 

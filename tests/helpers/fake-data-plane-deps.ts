@@ -27,7 +27,7 @@ export function fakeDataPlaneDeps(plane: FakeDataPlane, store: Store = new Memor
       tenantPrivateKey: (t) => `/data/${t}/ssh/id_ed25519`,
       keptDataDisk: (t, p, i) => `/data/${t}/${p}/kept/${i}/data.ext4`,
     },
-    cgroupLimits: (pool) => ({ memoryBytes: pool.resources.memMib * 1024 * 1024, cpuQuotaUs: 100_000, cpuPeriodUs: 100_000, pidsMax: 64 }),
+    cgroupLimits: (pool) => ({ memoryBytes: pool.resources.memMib * 1024 * 1024, cpuQuotaUs: 100_000, cpuPeriodUs: 100_000, cpuBurstUs: 100_000, pidsMax: 64 }),
     metadataPort: 8169,
     bootTimeoutMs: 1000,
     stopTimeoutMs: 1000,

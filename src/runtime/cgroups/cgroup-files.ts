@@ -19,6 +19,10 @@ export type V1Controller = (typeof V1_REQUIRED_CONTROLLERS)[number] | typeof V1_
 
 export const V2_CONTROLLERS = ["memory", "cpu", "pids"] as const;
 
+/** Where each version keeps the CPU burst (kernel 5.14 and later). */
+export const V1_CPU_BURST_FILE = "cpu.cfs_burst_us";
+export const V2_CPU_BURST_FILE = "cpu.max.burst";
+
 const PARENT_PATTERN = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$/;
 export const PARENT_RULE = "must be 1-64 characters of [A-Za-z0-9_.-], not starting with . or -";
 
@@ -51,6 +55,11 @@ export function limitsViolations(limits: CgroupLimits): FieldViolation[] {
   if (!(Number.isSafeInteger(limits.cpuPeriodUs) && limits.cpuPeriodUs >= 1000 && limits.cpuPeriodUs <= 1_000_000)) {
     v.push({ field: "cpu_period_us", rule: "must be an integer from 1000 to 1000000" });
   }
+  const burstCeiling = limits.cpuQuotaUs === UNLIMITED ? 0 : limits.cpuQuotaUs;
+  if (!(Number.isSafeInteger(limits.cpuBurstUs) && limits.cpuBurstUs >= 0 && limits.cpuBurstUs <= burstCeiling)) {
+    // The kernel refuses a burst above the quota; without a quota there is nothing to burst beyond.
+    v.push({ field: "cpu_burst_us", rule: "must be an integer from 0 to cpu_quota_us (0 when the quota is -1)" });
+  }
   positiveOrUnlimited(limits.pidsMax, "pids_max");
   return v;
 }
@@ -64,14 +73,21 @@ export interface LimitFileWrite<C extends string = string> {
   controller: C;
   file: string;
   value: string;
+  /** The file exists only on some kernels (burst: 5.14 and later); where it does not, the write is skipped. */
+  optional?: true;
 }
 
-/** v1 limit files in the order they must be written: the period before the quota that is measured against it. */
+/**
+ * v1 limit files in the order they must be written: the period before the quota that is measured against it, and
+ * the burst cleared before the quota changes, since the kernel refuses any quota below the burst in force.
+ */
 export function v1LimitWrites(limits: CgroupLimits): LimitFileWrite<V1Controller>[] {
   return [
     { controller: "memory", file: "memory.limit_in_bytes", value: String(limits.memoryBytes) },
+    { controller: "cpu", file: V1_CPU_BURST_FILE, value: "0", optional: true },
     { controller: "cpu", file: "cpu.cfs_period_us", value: String(limits.cpuPeriodUs) },
     { controller: "cpu", file: "cpu.cfs_quota_us", value: String(limits.cpuQuotaUs) },
+    { controller: "cpu", file: V1_CPU_BURST_FILE, value: String(limits.cpuBurstUs), optional: true },
     { controller: "pids", file: "pids.max", value: limits.pidsMax === UNLIMITED ? "max" : String(limits.pidsMax) },
   ];
 }
@@ -80,10 +96,13 @@ function v2Value(n: number): string {
   return n === UNLIMITED ? "max" : String(n);
 }
 
+/** v2 limit files in the order they must be written (the burst around the quota, as in v1). */
 export function v2LimitWrites(limits: CgroupLimits): LimitFileWrite<(typeof V2_CONTROLLERS)[number]>[] {
   return [
     { controller: "memory", file: "memory.max", value: v2Value(limits.memoryBytes) },
+    { controller: "cpu", file: V2_CPU_BURST_FILE, value: "0", optional: true },
     { controller: "cpu", file: "cpu.max", value: `${v2Value(limits.cpuQuotaUs)} ${limits.cpuPeriodUs}` },
+    { controller: "cpu", file: V2_CPU_BURST_FILE, value: String(limits.cpuBurstUs), optional: true },
     { controller: "pids", file: "pids.max", value: v2Value(limits.pidsMax) },
   ];
 }

@@ -7,14 +7,16 @@
 
 import { existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, rmdirSync, statSync, writeFileSync } from "node:fs";
 import { readdir, readFile, rmdir, stat, unlink } from "node:fs/promises";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { CgroupKey, CgroupLimits, CgroupUsage, Cgroups } from "../../core/data-plane-ports.js";
 import { failedPrecondition, invalid, MvmError } from "../../core/errors.js";
 import {
   V1_ACCOUNTING_CONTROLLER,
+  V1_CPU_BURST_FILE,
   V1_REQUIRED_CONTROLLERS,
   V2_CONTROLLERS,
+  V2_CPU_BURST_FILE,
   cgroupSegments,
   checkLimits,
   missingControllers,
@@ -26,6 +28,7 @@ import {
   parseProcs,
   v1LimitWrites,
   v2LimitWrites,
+  type LimitFileWrite,
   type V1Controller,
 } from "./cgroup-files.js";
 
@@ -76,6 +79,28 @@ async function writeText(path: string, value: string): Promise<void> {
   } catch (e) {
     const hint = errorCode(e) === "EBUSY" ? " (a memory limit below current usage is refused)" : "";
     throw new MvmError("unavailable", `writing "${value}" to ${path}: ${e instanceof Error ? e.message : String(e)}${hint}`, [], { cause: e });
+  }
+}
+
+/** Writes one limit file; one the kernel may lack (`optional`) is left alone where it does not exist. */
+async function writeLimit(path: string, write: LimitFileWrite): Promise<void> {
+  if (write.optional !== true) return writeText(path, write.value);
+  try {
+    // r+: never create the file (a real cgroupfs refuses to anyway; a directory laid out like one would not).
+    writeFileSync(path, write.value, { flag: "r+" });
+  } catch (e) {
+    if (errorCode(e) === "ENOENT") return;
+    throw new MvmError("unavailable", `writing "${write.value}" to ${path}: ${e instanceof Error ? e.message : String(e)}`, [], { cause: e });
+  }
+}
+
+/** An optional limit file's value, or `absent` where the kernel does not have the file. */
+async function readOptionalLimit(path: string, absent: number): Promise<number> {
+  try {
+    return parseLimitValue(await readFile(path, "utf8"), basename(path));
+  } catch (e) {
+    if (errorCode(e) === "ENOENT") return absent;
+    throw ioError("reading", path, e);
   }
 }
 
@@ -250,7 +275,7 @@ export function createCgroups(options: CgroupsOptions = {}): Cgroups {
       await enableV2Controllers(dir);
     }
     await makeDirectory(leaf);
-    for (const w of v2LimitWrites(limits)) await writeText(join(leaf, w.file), w.value);
+    for (const w of v2LimitWrites(limits)) await writeLimit(join(leaf, w.file), w);
     return [join(leaf, "cgroup.procs")];
   }
 
@@ -260,7 +285,7 @@ export function createCgroups(options: CgroupsOptions = {}): Cgroups {
     for (const leaf of leaves.values()) await makeDirectory(leaf);
     for (const w of v1LimitWrites(limits)) {
       const h = hierarchyOf(all, w.controller) as V1Hierarchy;
-      await writeText(join(leaves.get(h) as string, w.file), w.value);
+      await writeLimit(join(leaves.get(h) as string, w.file), w);
     }
     return [...leaves.values()].map((leaf) => join(leaf, "cgroup.procs"));
   }
@@ -313,6 +338,7 @@ export function createCgroups(options: CgroupsOptions = {}): Cgroups {
         memoryBytes: parseLimitValue(await readText(join(leaf, "memory.max")), "memory.max"),
         cpuQuotaUs: cpu.quotaUs,
         cpuPeriodUs: cpu.periodUs,
+        cpuBurstUs: await readOptionalLimit(join(leaf, V2_CPU_BURST_FILE), 0),
         pidsMax: parseLimitValue(await readText(join(leaf, "pids.max")), "pids.max"),
       };
     }
@@ -324,6 +350,7 @@ export function createCgroups(options: CgroupsOptions = {}): Cgroups {
       memoryBytes: await read("memory", "memory.limit_in_bytes"),
       cpuQuotaUs: await read("cpu", "cpu.cfs_quota_us"),
       cpuPeriodUs: await read("cpu", "cpu.cfs_period_us"),
+      cpuBurstUs: await readOptionalLimit(join(leaf("cpu"), V1_CPU_BURST_FILE), 0),
       pidsMax: await read("pids", "pids.max"),
     };
   }

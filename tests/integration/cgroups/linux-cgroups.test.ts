@@ -46,6 +46,13 @@ function hierarchies(): string[] {
   return ["memory", "cpu", "cpuacct", "pids"].map((c) => join(ROOT, c)).filter((p) => existsSync(p));
 }
 
+/** The group's CPU burst file, or null where the kernel has none (before 5.14). */
+function burstFile(procsFiles: string[]): string | null {
+  const group = dirname(procsFiles.find((f) => existsSync(join(dirname(f), "cpu.cfs_quota_us")) || existsSync(join(dirname(f), "cpu.max"))) as string);
+  const file = ["cpu.cfs_burst_us", "cpu.max.burst"].map((name) => join(group, name)).find((path) => existsSync(path));
+  return file ?? null;
+}
+
 function exited(child: ChildProcess): Promise<void> {
   return child.exitCode !== null || child.signalCode !== null ? Promise.resolve() : new Promise((r) => child.once("exit", () => r()));
 }
@@ -74,7 +81,7 @@ describe.skipIf(skipReason !== null)("cgroups adapter on the host's cgroupfs", (
     const limits = cgroupLimitsFor({ vcpus: 1, memMib: 128 });
     const { procsFiles } = await cg.ensure(key, limits);
     expect(procsFiles.length).toBe(cg.version === 2 ? 1 : hierarchies().length);
-    expect(await cg.limits(key)).toEqual(limits);
+    expect(await cg.limits(key)).toEqual({ ...limits, cpuBurstUs: burstFile(procsFiles) === null ? 0 : limits.cpuBurstUs });
 
     const child = spawnInGroups(procsFiles);
     const pid = child.pid as number;
@@ -115,6 +122,36 @@ describe.skipIf(skipReason !== null)("cgroups adapter on the host's cgroupfs", (
     }
     expect(await cg.usage(key)).toBeNull();
     expect(await cg.limits(key)).toBeNull();
+  });
+
+  it("lowers a group's CPU quota below the burst in force, and lets a busy group burst beyond its quota", async (context) => {
+    const cg = createCgroups({ parent, removeWaitMs: 3000 });
+    const k = { ...key, instanceId: "i-0000b005" };
+    const { procsFiles } = await cg.ensure(k, cgroupLimitsFor({ vcpus: 2, memMib: 64 }));
+    const burst = burstFile(procsFiles);
+    if (burst === null) {
+      await cg.remove(k);
+      context.skip("this kernel has no CPU burst (5.14 and later)");
+    }
+    expect(readFileSync(burst!, "utf8").trim()).toBe("200000");
+    // The kernel refuses a quota below the burst in force: the adapter clears the burst first.
+    const small = { ...cgroupLimitsFor({ vcpus: 1, memMib: 64 }), cpuQuotaUs: 20_000, cpuBurstUs: 20_000 };
+    await cg.ensure(k, small);
+    expect(await cg.limits(k)).toEqual(small);
+
+    // One busy loop wants a whole CPU; the group gets 20 ms per 100 ms plus what it saved while idle, so within a
+    // few periods the kernel both throttles it and counts a burst.
+    const child = spawn("/bin/sh", ["-c", 'for f; do echo $$ > "$f" || exit 9; done; while :; do :; done', "sh", ...procsFiles], { stdio: "ignore" });
+    children.push(child);
+    const stat = join(dirname(burst!), "cpu.stat");
+    const counters = () => Object.fromEntries(readFileSync(stat, "utf8").trim().split("\n").map((line) => line.split(" ")).map(([name, value]) => [name, Number(value)]));
+    const deadline = Date.now() + 10_000;
+    while (!(counters().nr_bursts! > 0 && counters().nr_throttled! > 0) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    process.kill(child.pid as number, "SIGKILL");
+    await exited(child);
+    expect(counters().nr_bursts).toBeGreaterThan(0);
+    expect(counters().nr_throttled).toBeGreaterThan(0);
+    await cg.remove(k);
   });
 
   it("enforces the pids limit on processes in the group", async () => {

@@ -131,7 +131,7 @@ export function makeRuntime(dir: string, plane: FakeDataPlane, hub: WatchHub, au
       tenantPrivateKey: (t) => join(dir, "tenants", t, "ssh", "id_ed25519"),
       keptDataDisk: (t, p, i) => join(dir, "tenants", t, "pools", p, "kept", i, "data.ext4"),
     },
-    cgroupLimits: () => ({ memoryBytes: 1 << 28, cpuQuotaUs: 100_000, cpuPeriodUs: 100_000, pidsMax: 64 }),
+    cgroupLimits: () => ({ memoryBytes: 1 << 28, cpuQuotaUs: 100_000, cpuPeriodUs: 100_000, cpuBurstUs: 100_000, pidsMax: 64 }),
     metadataPort: 8169,
     bootTimeoutMs: 1000,
     stopTimeoutMs: 1000,

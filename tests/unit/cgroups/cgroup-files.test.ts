@@ -13,7 +13,7 @@ import {
 } from "../../../src/runtime/cgroups/cgroup-files.js";
 
 const key = { tenantId: "acme", poolId: "web", instanceId: "i-0123abcd" };
-const limits = { memoryBytes: 463052800, cpuQuotaUs: 200000, cpuPeriodUs: 100000, pidsMax: 64 };
+const limits = { memoryBytes: 463052800, cpuQuotaUs: 200000, cpuPeriodUs: 100000, cpuBurstUs: 150000, pidsMax: 64 };
 
 describe("cgroup paths and files", () => {
   it("nests parent/tenant/pool/instance and refuses IDs that would escape the tree", () => {
@@ -24,29 +24,40 @@ describe("cgroup paths and files", () => {
     expect(() => cgroupSegments("../mvm", key)).toThrow(/parent: must be/);
   });
 
-  it("writes v1 limits with the CFS period before the quota", () => {
+  it("writes v1 limits with the CFS period before the quota, and the burst cleared before the quota and set after it", () => {
     expect(v1LimitWrites(limits)).toEqual([
       { controller: "memory", file: "memory.limit_in_bytes", value: "463052800" },
+      { controller: "cpu", file: "cpu.cfs_burst_us", value: "0", optional: true },
       { controller: "cpu", file: "cpu.cfs_period_us", value: "100000" },
       { controller: "cpu", file: "cpu.cfs_quota_us", value: "200000" },
+      { controller: "cpu", file: "cpu.cfs_burst_us", value: "150000", optional: true },
       { controller: "pids", file: "pids.max", value: "64" },
     ]);
-    expect(v1LimitWrites({ ...limits, cpuQuotaUs: -1, pidsMax: -1 }).map((w) => w.value)).toEqual(["463052800", "100000", "-1", "max"]);
+    expect(v1LimitWrites({ ...limits, cpuQuotaUs: -1, cpuBurstUs: 0, pidsMax: -1 }).map((w) => w.value)).toEqual(["463052800", "0", "100000", "-1", "0", "max"]);
   });
 
   it("writes v2 limits in v2's spelling", () => {
     expect(v2LimitWrites(limits)).toEqual([
       { controller: "memory", file: "memory.max", value: "463052800" },
+      { controller: "cpu", file: "cpu.max.burst", value: "0", optional: true },
       { controller: "cpu", file: "cpu.max", value: "200000 100000" },
+      { controller: "cpu", file: "cpu.max.burst", value: "150000", optional: true },
       { controller: "pids", file: "pids.max", value: "64" },
     ]);
-    expect(v2LimitWrites({ ...limits, memoryBytes: -1, cpuQuotaUs: -1 }).map((w) => w.value)).toEqual(["max", "max 100000", "64"]);
+    expect(v2LimitWrites({ ...limits, memoryBytes: -1, cpuQuotaUs: -1, cpuBurstUs: 0 }).map((w) => w.value)).toEqual(["max", "0", "max 100000", "0", "64"]);
   });
 
   it("refuses limits the kernel would refuse", () => {
     expect(limitsViolations(limits)).toEqual([]);
-    const fields = limitsViolations({ memoryBytes: 0, cpuQuotaUs: 500, cpuPeriodUs: 5_000_000, pidsMax: 1.5 }).map((v) => v.field);
-    expect(fields).toEqual(["memory_bytes", "cpu_quota_us", "cpu_period_us", "pids_max"]);
+    expect(limitsViolations({ ...limits, cpuBurstUs: limits.cpuQuotaUs })).toEqual([]);
+    const fields = limitsViolations({ memoryBytes: 0, cpuQuotaUs: 500, cpuPeriodUs: 5_000_000, cpuBurstUs: -1, pidsMax: 1.5 }).map((v) => v.field);
+    expect(fields).toEqual(["memory_bytes", "cpu_quota_us", "cpu_period_us", "cpu_burst_us", "pids_max"]);
+    // A burst above the quota, or any burst without a quota.
+    expect(limitsViolations({ ...limits, cpuBurstUs: 200001 })).toEqual([
+      { field: "cpu_burst_us", rule: "must be an integer from 0 to cpu_quota_us (0 when the quota is -1)" },
+    ]);
+    expect(limitsViolations({ ...limits, cpuQuotaUs: -1, cpuBurstUs: 1000 }).map((v) => v.field)).toEqual(["cpu_burst_us"]);
+    expect(limitsViolations({ ...limits, cpuBurstUs: 0.5 }).map((v) => v.field)).toEqual(["cpu_burst_us"]);
   });
 
   it("reads limits and usage back, with every spelling of unlimited as -1", () => {

@@ -47,21 +47,40 @@ async function v2Tree(controllers = "cpuset cpu io memory hugetlb pids rdma misc
 
 const read = (path: string) => readFile(path, "utf8");
 
+/** The group directory ahead of `ensure`, with the burst file a kernel of 5.14 or later puts in every group. */
+async function withBurstFile(group: string, file: string): Promise<void> {
+  await mkdir(group, { recursive: true });
+  await writeFile(join(group, file), "0\n");
+}
+
 describe("cgroups adapter on a v1 layout", () => {
   it("creates the group in every controller with the limits written, and returns one procs file each", async () => {
     const root = await v1Tree();
     const cg = createCgroups({ root });
     expect(cg.version).toBe(1);
-    const { procsFiles } = await cg.ensure(key, limits);
     const rel = "mvm/acme/web/i-0123abcd";
+    // cgroupfs makes a group's control files with it; of those only the burst is never created by a write.
+    await withBurstFile(join(root, "cpu", rel), "cpu.cfs_burst_us");
+    const { procsFiles } = await cg.ensure(key, limits);
     expect(procsFiles).toEqual(["memory", "cpu", "pids", "cpuacct"].map((c) => join(root, c, rel, "cgroup.procs")));
     expect(await read(join(root, "memory", rel, "memory.limit_in_bytes"))).toBe(String(limits.memoryBytes));
     expect(await read(join(root, "cpu", rel, "cpu.cfs_period_us"))).toBe("100000");
     expect(await read(join(root, "cpu", rel, "cpu.cfs_quota_us"))).toBe("200000");
+    expect(await read(join(root, "cpu", rel, "cpu.cfs_burst_us"))).toBe("200000");
     expect(await read(join(root, "pids", rel, "pids.max"))).toBe("64");
     // Controllers mvm does not use are left alone.
     expect(await readdir(join(root, "cpuset"))).toEqual([]);
     expect(await cg.limits(key)).toEqual(limits);
+  });
+
+  it("leaves out the burst where the kernel has no file for it (before 5.14) and reads it back as none", async () => {
+    const root = await v1Tree();
+    const cg = createCgroups({ root });
+    await cg.ensure(key, limits);
+    const cpu = join(root, "cpu", "mvm/acme/web/i-0123abcd");
+    expect(existsSync(join(cpu, "cpu.cfs_burst_us"))).toBe(false);
+    expect(await read(join(cpu, "cpu.cfs_quota_us"))).toBe("200000");
+    expect(await cg.limits(key)).toEqual({ ...limits, cpuBurstUs: 0 });
   });
 
   it("uses one directory for co-mounted cpu and cpuacct", async () => {
@@ -141,8 +160,9 @@ describe("cgroups adapter on a v2 layout", () => {
     const root = await v2Tree();
     const cg = createCgroups({ root });
     expect(cg.version).toBe(2);
-    const { procsFiles } = await cg.ensure(key, limits);
     const leaf = join(root, "mvm/acme/web/i-0123abcd");
+    await withBurstFile(leaf, "cpu.max.burst");
+    const { procsFiles } = await cg.ensure(key, limits);
     expect(procsFiles).toEqual([join(leaf, "cgroup.procs")]);
     for (const dir of ["", "mvm", "mvm/acme", "mvm/acme/web"]) {
       const enabled = (await read(join(root, dir, "cgroup.subtree_control"))).split(" ").sort();
@@ -152,8 +172,17 @@ describe("cgroups adapter on a v2 layout", () => {
     expect(existsSync(join(leaf, "cgroup.subtree_control"))).toBe(false);
     expect(await read(join(leaf, "memory.max"))).toBe(String(limits.memoryBytes));
     expect(await read(join(leaf, "cpu.max"))).toBe("200000 100000");
+    expect(await read(join(leaf, "cpu.max.burst"))).toBe("200000");
     expect(await read(join(leaf, "pids.max"))).toBe("64");
     expect(await cg.limits(key)).toEqual(limits);
+  });
+
+  it("leaves out the burst where the kernel has no cpu.max.burst", async () => {
+    const root = await v2Tree();
+    const cg = createCgroups({ root });
+    await cg.ensure(key, limits);
+    expect(existsSync(join(root, "mvm/acme/web/i-0123abcd", "cpu.max.burst"))).toBe(false);
+    expect(await cg.limits(key)).toEqual({ ...limits, cpuBurstUs: 0 });
   });
 
   it("writes only the controllers a level lacks", async () => {
