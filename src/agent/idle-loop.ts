@@ -1,5 +1,6 @@
 // The agent's idle loop (SPEC §8.3): every interval, one sample of every running or warm instance, then one run of
-// the idle policy. Ticks never overlap (the next is scheduled when one ends: a sleep can take longer than an
+// the idle policy. Each tick first asks again the guests that did not answer their wake hook, when they are due
+// (WakeHookRetrySchedule: 15 s, then twice as long after every try that fails, at most 15 min). Ticks never overlap (the next is scheduled when one ends: a sleep can take longer than an
 // interval), and stopping waits for the tick in progress, so no snapshot is cut off half way by a shutdown.
 
 import type { HostMemory } from "../core/host-ports.js";
@@ -13,6 +14,12 @@ import {
   type MemoryPressureThresholds,
 } from "../core/use-cases/idle.js";
 import type { DataPlaneDeps } from "../core/use-cases/lifecycle.js";
+import {
+  DEFAULT_WAKE_HOOK_RETRY_TIMEOUT_MS,
+  retryUnansweredWakeHooks,
+  WakeHookRetrySchedule,
+  type WakeHookRetryOutcome,
+} from "../core/use-cases/sleep-wake.js";
 import type { Metrics } from "../platform/metrics.js";
 
 /** Default time between two ticks; SPEC sets none. Thresholds are minutes by default, so seconds of lag are noise. */
@@ -34,9 +41,14 @@ export interface IdleLoopOptions {
   metrics?: Metrics;
   /** Replaces the policy's runners (tests); default the warm and sleep use cases. */
   runners?: IdleActionRunners;
+  /** When unanswered wake hooks are tried again; default the standard schedule. */
+  wakeHookRetrySchedule?: WakeHookRetrySchedule;
+  /** How long each of those tries waits for the guest, ms. */
+  wakeHookRetryTimeoutMs?: number;
 }
 
 export interface IdleTickReport {
+  wakeHookRetries: WakeHookRetryOutcome[];
   sample: IdleSampleReport;
   policy: IdlePolicyReport;
 }
@@ -56,7 +68,18 @@ export function startIdleLoop(deps: DataPlaneDeps, options: IdleLoopOptions): Id
   let timer: NodeJS.Timeout | null = null;
   let running: Promise<IdleTickReport> | null = null;
 
+  const retrySchedule = options.wakeHookRetrySchedule ?? new WakeHookRetrySchedule();
+
   async function once(): Promise<IdleTickReport> {
+    const wakeHookRetries = await retryUnansweredWakeHooks(deps, retrySchedule, {
+      timeoutMs: options.wakeHookRetryTimeoutMs ?? DEFAULT_WAKE_HOOK_RETRY_TIMEOUT_MS,
+    });
+    for (const r of wakeHookRetries) {
+      const fields = { tenant: r.tenantId, pool: r.poolId, instance: r.instanceId };
+      if (r.result === "answered") logger.info(fields, "wake hook answered on a later try: instance ready");
+      else logger.warn({ ...fields, err: r.error }, "wake hook still unanswered");
+      metrics?.wakeHookRetries.inc({ tenant: r.tenantId, pool: r.poolId, result: r.result });
+    }
     const sample = await sampleIdle(deps, sampler);
     for (const e of sample.errors) logger.warn({ instance: e.instance, err: e.error }, "idle sample failed");
     const policy = await runIdlePolicy(deps, {
@@ -76,7 +99,7 @@ export function startIdleLoop(deps: DataPlaneDeps, options: IdleLoopOptions): Id
       metrics.hostMemoryPressure.set(policy.memoryPressure ? 1 : 0);
       metrics.setInstanceIdle(sampler.tracked().map(({ key, idle }) => ({ ...key, idleS: idle.idleS })));
     }
-    return { sample, policy };
+    return { wakeHookRetries, sample, policy };
   }
 
   function tick(): Promise<IdleTickReport> {

@@ -73,6 +73,8 @@ export interface Metrics {
   readonly watchersCutOff: Counter<"stream">;
   /** Warm and sleep actions of the idle policy, by tenant, pool, action and result (`success`, `failure`, `skipped`). */
   readonly idleActions: Counter<"tenant" | "pool" | "action" | "result">;
+  /** Later tries of a wake hook the guest had not answered, by tenant, pool and result (`answered`, `unanswered`). */
+  readonly wakeHookRetries: Counter<"tenant" | "pool" | "result">;
   /** Idle seconds of each running or warm instance as the idle sampler last saw it; maintained by `setInstanceIdle`. */
   readonly instanceIdleSeconds: Gauge<"tenant" | "pool" | "instance">;
   /** 1 while the idle policy judges the host under memory pressure, else 0. */
@@ -190,6 +192,12 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
     labelNames: ["tenant", "pool", "action", "result"] as const,
     registers,
   });
+  const wakeHookRetries = new Counter({
+    name: `${p}wake_hook_retries_total`,
+    help: "Later tries of a wake hook the restored guest had not answered, by tenant, pool and result",
+    labelNames: ["tenant", "pool", "result"] as const,
+    registers,
+  });
   const instanceIdleSeconds = new Gauge({
     name: `${p}instance_idle_seconds`,
     help: "Idle time of each running or warm instance at the last idle sample, seconds",
@@ -220,6 +228,7 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
     watchers,
     watchersCutOff,
     idleActions,
+    wakeHookRetries,
     instanceIdleSeconds,
     hostMemoryPressure,
     observeRpc(service, method, code, seconds) {

@@ -1274,7 +1274,7 @@ export const InstanceService: GenService<{
    * Restores a sleeping instance from its snapshot and waits until the guest answers. Checks quotas, the
    * snapshot's hash and its host compatibility stamp first; a failure there leaves it sleeping with its snapshot.
    * A guest that runs again but does not answer its wake hook stays running with Ready false (UNAVAILABLE), and
-   * its snapshot, which no longer matches its disks, is removed.
+   * its snapshot, which no longer matches its disks, is removed. Waking such an instance asks its guest again.
    *
    * @generated from rpc mvm.v1.InstanceService.WakeInstance
    */

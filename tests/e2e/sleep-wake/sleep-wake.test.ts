@@ -251,8 +251,15 @@ describe.skipIf(skipReason !== null)("sleep and wake of a real microVM", () => {
     expect(after.pid).toBe(before.pid);
     expect(after.value).toBeGreaterThan(before.value);
 
-    // Mended, it sleeps and wakes as before (and stays asleep for the next test).
+    // Mended, a wake asks the same guest again (no restore: the counter goes on in the same process) and it is Ready.
     inGuest(`cp /tmp/wake.saved ${HOOK}`);
+    const answered = ok(mvm("instance", "wake", path, "-o", "json"));
+    expect(answered.status).toBe("running");
+    expect(answered.healthy).toBe(true);
+    expect(answered.conditions.find((c: { type: string }) => c.type === "Ready")).toMatchObject({ reason: "Woken", message: expect.stringMatching(/later try/) });
+    expect(counter().pid).toBe(before.pid);
+
+    // It sleeps and wakes as before (and stays asleep for the next test).
     sleepAndCheck("none");
     expect(ok(mvm("instance", "wake", path, "-o", "json")).status).toBe("running");
     sleepAndCheck("none");

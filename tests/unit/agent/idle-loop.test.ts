@@ -61,6 +61,23 @@ describe("idle loop", () => {
     expect(samples(await metrics.render(), "mvm_instance_idle_seconds")).toEqual([]);
   });
 
+  it("asks a guest that did not answer its wake hook again, and counts and logs the answer", async () => {
+    await node.pool("acme", "web");
+    const i = await node.running("acme", "web");
+    const ready = { type: "Ready", status: "false", reason: "WakeHookFailed", message: "restored, no answer", lastTransitionAt: i.updatedAt } as const;
+    await node.deps.store.putInstance({ ...i, healthy: false, conditions: [...i.conditions.filter((c) => c.type !== "Ready"), ready] });
+    loop = startIdleLoop(node.deps, { intervalMs: 3_600_000, logger, metrics, runners: recordingRunners() });
+    const { wakeHookRetries } = await loop.tick();
+    expect(wakeHookRetries).toEqual([{ tenantId: "acme", poolId: "web", instanceId: i.instanceId, result: "answered", error: "" }]);
+    const after = await node.get(i);
+    expect(after.healthy).toBe(true);
+    expect(after.conditions.find((c) => c.type === "Ready")).toMatchObject({ status: "true", reason: "Woken" });
+    expect(samples(await metrics.render(), "mvm_wake_hook_retries_total")).toEqual(['mvm_wake_hook_retries_total{tenant="acme",pool="web",result="answered"} 1']);
+    expect(logged.find((l) => l.message.startsWith("wake hook"))).toMatchObject({ level: "info", fields: { instance: i.instanceId } });
+    // Answered, it is not asked again.
+    expect((await loop.tick()).wakeHookRetries).toEqual([]);
+  });
+
   it("counts failures and pressure, and logs them as warnings", async () => {
     await node.pool("acme", "web");
     const i = await node.running("acme", "web");

@@ -1,7 +1,7 @@
 import { beforeEach, describe, expect, it } from "vitest";
 import { GUEST_HOOK_PATHS, type GuestChannel } from "../../../src/core/data-plane-ports.js";
 import { isMvmError } from "../../../src/core/errors.js";
-import type { AuditLog } from "../../../src/core/observability-ports.js";
+import type { AuditEntry, AuditLog, AuditRecord } from "../../../src/core/observability-ports.js";
 import type { Instance } from "../../../src/core/model.js";
 import { createInstance } from "../../../src/core/use-cases/instances.js";
 import { destroyInstance, startInstance, stopInstance, type DataPlaneDeps } from "../../../src/core/use-cases/lifecycle.js";
@@ -11,7 +11,10 @@ import {
   hostCompatibilityProblems,
   instanceSnapshot,
   resumeInstance,
+  retryUnansweredWakeHooks,
+  retryWakeHook,
   sleepInstance,
+  WakeHookRetrySchedule,
   wakeInstance,
   warmInstance,
 } from "../../../src/core/use-cases/sleep-wake.js";
@@ -449,3 +452,155 @@ describe("hostCompatibilityProblems", () => {
     ]);
   });
 });
+
+describe("a wake hook the guest did not answer, tried again", () => {
+  const failingHook = () => guestRunning(async (_t, argv) => ({ exitCode: argv[0] === GUEST_HOOKS.wake ? 7 : 0, stdout: "", stderr: "no secrets" }));
+  const answeringHook = (asked: string[][] = []) =>
+    guestRunning(async (_t, argv) => {
+      asked.push([...argv]);
+      return { exitCode: 0, stdout: "", stderr: "" };
+    });
+
+  /** A running instance whose wake left it waiting on its wake hook (Ready false, WakeHookFailed). */
+  async function unanswered(): Promise<Instance> {
+    const running = await runningInstance();
+    await sleepInstance(deps, keyOf(running));
+    const healthy = deps.guest;
+    deps = { ...deps, guest: failingHook() };
+    await expectKind(wakeInstance(deps, keyOf(running)), "unavailable");
+    deps = { ...deps, guest: healthy };
+    const after = (await deps.store.getInstance("acme", "web", running.instanceId))!;
+    expect(after.conditions.find((c) => c.type === "Ready")).toMatchObject({ status: "false", reason: "WakeHookFailed" });
+    return after;
+  }
+
+  it("a wake of an instance waiting on its wake hook asks the guest again, and Ready comes back with the same VM", async () => {
+    const waiting = await unanswered();
+    const asked: string[][] = [];
+    deps = { ...deps, guest: answeringHook(asked) };
+    const woken = await wakeInstance(deps, keyOf(waiting));
+    expect(asked).toEqual([[GUEST_HOOKS.wake, expect.stringMatching(/^\d+$/)]]);
+    expect(woken.status).toBe("running");
+    expect(woken.vmm).toEqual(waiting.vmm);
+    expect(woken.healthy).toBe(true);
+    expect(woken.conditions.find((c) => c.type === "Ready")).toMatchObject({ status: "true", reason: "Woken", message: expect.stringMatching(/later try/) });
+    expect(plane.processes.size).toBe(1);
+    expect(await deps.store.getInstance("acme", "web", waiting.instanceId)).toEqual(woken);
+    // Answered, it is an ordinary running instance again: a wake changes nothing and asks nothing.
+    expect(await wakeInstance(deps, keyOf(waiting))).toEqual(woken);
+    expect(asked).toHaveLength(1);
+  });
+
+  it("a try that gets no answer again changes nothing and says the instance runs on with Ready false", async () => {
+    const waiting = await unanswered();
+    deps = { ...deps, guest: failingHook() };
+    await expectKind(retryWakeHook(deps, keyOf(waiting), { timeoutMs: 1000 }), "unavailable", /exited 7: no secrets; instance .* runs on with Ready false/);
+    expect(await deps.store.getInstance("acme", "web", waiting.instanceId)).toEqual(waiting);
+    expect(plane.processes.size).toBe(1);
+  });
+
+  it("writes nothing when the instance was stopped while its guest was asked", async () => {
+    const waiting = await unanswered();
+    deps = {
+      ...deps,
+      guest: guestRunning(async () => {
+        // The hook runs outside the tenant lock: a stop gets in meanwhile.
+        await stopInstance({ ...deps, guest: answeringHook() }, keyOf(waiting));
+        return { exitCode: 0, stdout: "", stderr: "" };
+      }),
+    };
+    const after = await retryWakeHook(deps, keyOf(waiting), { timeoutMs: 1000 });
+    expect(after.status).toBe("stopped");
+    expect(after.conditions.find((c) => c.type === "Ready")).toMatchObject({ status: "false", reason: "Stopped" });
+    expect((await deps.store.getInstance("acme", "web", waiting.instanceId))?.status).toBe("stopped");
+  });
+
+  it("a guest whose VMM is gone is not asked: a wake says so, the agent's pass records the instance stopped", async () => {
+    const waiting = await unanswered();
+    plane.killFromOutside(waiting.vmm!.pid);
+    await expectKind(wakeInstance(deps, keyOf(waiting)), "failed_precondition", /vmm is not running/);
+    expect(await retryUnansweredWakeHooks(deps, new WakeHookRetrySchedule(), { timeoutMs: 1000 })).toEqual([]);
+    const after = await deps.store.getInstance("acme", "web", waiting.instanceId);
+    expect(after?.status).toBe("stopped");
+    expect(after?.conditions.find((c) => c.type === "Ready")).toMatchObject({ status: "false", reason: "VmmExited" });
+    expect(plane.taps.size).toBe(0);
+  });
+
+  it("leaves instances that wait on nothing alone", async () => {
+    const running = await runningInstance();
+    const asked: string[][] = [];
+    deps = { ...deps, guest: answeringHook(asked) };
+    expect(await retryWakeHook(deps, keyOf(running), { timeoutMs: 1000 })).toEqual(running);
+    expect(await retryUnansweredWakeHooks(deps, new WakeHookRetrySchedule(), { timeoutMs: 1000 })).toEqual([]);
+    expect(asked).toEqual([]);
+  });
+
+  it("the agent's pass asks each waiting guest when it is due, backs off while it gets no answer, and audits as itself", async () => {
+    const waiting = await unanswered();
+    let nowMs = 1_800_000_000_000;
+    const audit = new RecordingAuditLog();
+    deps = { ...deps, clock: { nowMs: () => nowMs }, audit, guest: failingHook() };
+    const schedule = new WakeHookRetrySchedule(15_000, 60_000);
+    const key = keyOf(waiting);
+
+    const pass = () => retryUnansweredWakeHooks(deps, schedule, { timeoutMs: 1000 });
+    expect(await pass()).toEqual([{ ...key, result: "unanswered", error: expect.stringMatching(/exited 7/) }]);
+    // Not due again before 15 s, then 30 s, then at most 60 s.
+    nowMs += 14_999;
+    expect(await pass()).toEqual([]);
+    nowMs += 1;
+    expect(await pass()).toHaveLength(1);
+    nowMs += 29_999;
+    expect(await pass()).toEqual([]);
+    nowMs += 1;
+    expect(await pass()).toHaveLength(1);
+    nowMs += 60_000;
+    expect(await pass()).toHaveLength(1);
+    nowMs += 60_000;
+    deps = { ...deps, guest: answeringHook() };
+    expect(await pass()).toEqual([{ ...key, result: "answered", error: "" }]);
+    expect((await deps.store.getInstance("acme", "web", waiting.instanceId))?.healthy).toBe(true);
+    expect(await pass()).toEqual([]);
+
+    expect(audit.entries.map((e) => [e.action, e.outcome, e.actor.id, e.details.retry])).toEqual([
+      ...Array.from({ length: 4 }, () => ["instance_wake", "failure", "system:wake-hook-retry", "wake_hook"]),
+      ["instance_wake", "success", "system:wake-hook-retry", "wake_hook"],
+    ]);
+  });
+});
+
+describe("the schedule of later wake hook tries", () => {
+  const instance = (pid: number) => ({ tenantId: "acme", poolId: "web", instanceId: "i-0123abcd", vmm: { pid, pidStartTime: 7 } }) as unknown as Instance;
+
+  it("is due at once for a new instance, doubles its wait after each failure up to the maximum, and starts over for a new VMM", () => {
+    const schedule = new WakeHookRetrySchedule(1000, 5000);
+    expect(schedule.due(instance(10), 0)).toBe(true);
+    const waits: number[] = [];
+    let at = 0;
+    for (let i = 0; i < 5; i += 1) {
+      schedule.failed(instance(10), at);
+      let next = at;
+      while (!schedule.due(instance(10), next)) next += 1;
+      waits.push(next - at);
+      at = next;
+    }
+    expect(waits).toEqual([1000, 2000, 4000, 5000, 5000]);
+    expect(schedule.due(instance(11), at)).toBe(true);
+  });
+
+  it("forgets instances that no longer wait", () => {
+    const schedule = new WakeHookRetrySchedule(1000, 5000);
+    schedule.failed(instance(10), 0);
+    expect(schedule.due(instance(10), 1)).toBe(false);
+    schedule.keepOnly([]);
+    expect(schedule.due(instance(10), 1)).toBe(true);
+  });
+});
+
+class RecordingAuditLog implements AuditLog {
+  readonly entries: AuditRecord[] = [];
+  async append(record: AuditRecord): Promise<AuditEntry> {
+    this.entries.push(record);
+    return { ...record, seq: this.entries.length, at: "", prevHash: "", hash: "" };
+  }
+}
