@@ -19,6 +19,14 @@ export type V1Controller = (typeof V1_REQUIRED_CONTROLLERS)[number] | typeof V1_
 
 export const V2_CONTROLLERS = ["memory", "cpu", "pids"] as const;
 
+/** Whether a kernel of this release (`uname -r`) has the CPU burst files; an unreadable release counts as not. */
+export function kernelHasCpuBurst(release: string): boolean {
+  const m = /^(\d+)\.(\d+)/.exec(release);
+  if (m === null) return false;
+  const [major, minor] = [Number(m[1]), Number(m[2])];
+  return major > 5 || (major === 5 && minor >= 14);
+}
+
 /** Where each version keeps the CPU burst (kernel 5.14 and later). */
 export const V1_CPU_BURST_FILE = "cpu.cfs_burst_us";
 export const V2_CPU_BURST_FILE = "cpu.max.burst";

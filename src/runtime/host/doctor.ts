@@ -2,6 +2,7 @@
 
 import { access, constants, readFile } from "node:fs/promises";
 import { execa } from "execa";
+import { kernelHasCpuBurst } from "../cgroups/cgroup-files.js";
 import { probeKvmCached } from "../qemu/kvm-probe.js";
 import { findOnPath, readHostFacts } from "./host-facts.js";
 
@@ -75,7 +76,9 @@ export async function runHostChecks(dataRoot: string): Promise<HostCheck[]> {
   checks.push({
     check: "cgroups",
     level: facts.cgroupVersion ? "ok" : "fail",
-    detail: facts.cgroupVersion ? `v${facts.cgroupVersion}` : "no cgroup v1 memory controller or v2 hierarchy under /sys/fs/cgroup",
+    detail: facts.cgroupVersion
+      ? `v${facts.cgroupVersion}; ${kernelHasCpuBurst(facts.kernel) ? "CPU burst available" : "no CPU burst (kernel before 5.14): instances are held to their vCPUs even while booting"}`
+      : "no cgroup v1 memory controller or v2 hierarchy under /sys/fs/cgroup",
     required: true,
   });
   const nft = binary("nft");

@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import {
   cgroupSegments,
+  kernelHasCpuBurst,
   limitsViolations,
   missingControllers,
   parseCpuMax,
@@ -80,5 +81,13 @@ describe("cgroup paths and files", () => {
     expect(missingControllers("cpu io\n", ["memory", "cpu", "pids"])).toEqual(["memory", "pids"]);
     expect(missingControllers("", ["memory"])).toEqual(["memory"]);
     expect(missingControllers("+memory +cpu", ["memory", "cpu", "pids"])).toEqual(["pids"]);
+  });
+
+  it("knows which kernels have the CPU burst files (5.14 and later)", () => {
+    expect(kernelHasCpuBurst("5.14.0-1-amd64")).toBe(true);
+    expect(kernelHasCpuBurst("6.1.0-56-cloud-amd64")).toBe(true);
+    expect(kernelHasCpuBurst("5.13.19")).toBe(false);
+    expect(kernelHasCpuBurst("4.19.0-27-amd64")).toBe(false);
+    expect(kernelHasCpuBurst("unknown")).toBe(false);
   });
 });
