@@ -1,6 +1,7 @@
 // The agent's idle loop (SPEC §8.3): every interval, one sample of every running or warm instance, then one run of
 // the idle policy. Each tick first asks again the guests that did not answer their wake hook, when they are due
-// (WakeHookRetrySchedule: 15 s, then twice as long after every try that fails, at most 15 min). Ticks never overlap (the next is scheduled when one ends: a sleep can take longer than an
+// (WakeHookRetrySchedule: at once, then 15 s after a failed try, twice as long after each further one, at most
+// 15 min). Ticks never overlap (the next is scheduled when one ends: a sleep can take longer than an
 // interval), and stopping waits for the tick in progress, so no snapshot is cut off half way by a shutdown.
 
 import type { HostMemory } from "../core/host-ports.js";
