@@ -26,6 +26,8 @@ export function operationMetrics(metrics: Metrics, hub: WatchHub): OperationObse
   return {
     finished(timing: OperationTiming) {
       if (timing.outcome !== "success" || !(timing.action in histograms)) return;
+      // Asking a running guest its wake hook again restores nothing: it is no wake to time.
+      if (timing.details.retry !== undefined) return;
       const histogram = histograms[timing.action as keyof typeof histograms];
       const instance = hub.find(timing.target);
       // A sleeping instance has no VMM any more; its snapshot says which hypervisor wrote it, the record does not.

@@ -84,6 +84,8 @@ export interface OperationTiming {
   target: string;
   outcome: AuditOutcome;
   durationMs: number;
+  /** The audit entry's details (`retry: wake_hook` marks a wake that only asked a running guest again). */
+  details: Record<string, string>;
 }
 
 /** Receives the timing of every audited operation (the agent turns boot, wake and sleep times into metrics). */

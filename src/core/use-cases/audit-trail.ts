@@ -31,7 +31,14 @@ export async function audited<T>(deps: RecordDeps, what: AuditedAction, run: () 
   if (!log || (what.tenantId !== "" && !isValidId(what.tenantId))) return run();
   const startedMs = deps.clock.nowMs();
   const timed = (outcome: AuditOutcome) =>
-    deps.operations?.finished({ tenantId: what.tenantId, action: what.action, target: what.target, outcome, durationMs: deps.clock.nowMs() - startedMs });
+    deps.operations?.finished({
+      tenantId: what.tenantId,
+      action: what.action,
+      target: what.target,
+      outcome,
+      durationMs: deps.clock.nowMs() - startedMs,
+      details: what.details ?? {},
+    });
   const actor = deps.actor ?? LOCAL_ACTOR;
   const base = { tenantId: what.tenantId, actor, action: what.action, target: what.target, details: what.details ?? {} };
   const logFor = (choice: "tenant" | "node" | undefined) => (choice === "node" ? "" : what.tenantId);

@@ -72,4 +72,16 @@ describe("lifecycle metrics", () => {
     for (const t of starts) expect(t.durationMs).toBeGreaterThan(0);
     expect(timings.map((t) => t.action)).toContain("tenant_create");
   });
+
+  it("times a wake that restored a VM, not one that only asked a running guest its wake hook again", async () => {
+    const metrics = createMetrics();
+    const timings = operationMetrics(metrics, new WatchHub());
+    const wake = { tenantId: "acme", action: "instance_wake", target: "acme/web/i-0123abcd", outcome: "success", durationMs: 400 } as const;
+    timings.finished({ ...wake, details: {} });
+    timings.finished({ ...wake, durationMs: 20, details: { retry: "wake_hook" } });
+    const text = await metrics.render();
+    expect(samples(text, "mvm_wake_duration_seconds_count")).toEqual(['mvm_wake_duration_seconds_count{hypervisor="unknown"} 1']);
+    expect(samples(text, "mvm_wake_duration_seconds_sum")).toEqual(['mvm_wake_duration_seconds_sum{hypervisor="unknown"} 0.4']);
+  });
 });
+
