@@ -1,8 +1,8 @@
 // The lifecycle metrics of SPEC §8.4 that are fed by what the use cases report, not by the API: state transitions
 // (seen by the watch hub, whoever caused them: a call, the reconcile loop, the idle policy, a VMM that died) and the
-// duration of boots, wakes and sleeps (timed by the audit trail of each operation).
+// duration of boots, wakes and sleeps (timed by the audit trail of each operation), and the phases of each wake.
 
-import type { OperationObserver, OperationTiming } from "../core/observability-ports.js";
+import type { OperationObserver, OperationPhase, OperationTiming } from "../core/observability-ports.js";
 import { operationBetween } from "../core/state-machine.js";
 import type { WatchHub, WatchHubObserver } from "../core/watch-hub.js";
 import type { Metrics } from "../platform/metrics.js";
@@ -33,6 +33,9 @@ export function operationMetrics(metrics: Metrics, hub: WatchHub): OperationObse
       // A sleeping instance has no VMM any more; its snapshot says which hypervisor wrote it, the record does not.
       const hypervisor = instance?.vmm?.hypervisor ?? "unknown";
       histogram.observe({ hypervisor }, timing.durationMs / 1000);
+    },
+    phase(phase: OperationPhase) {
+      if (phase.action === "instance_wake") metrics.wakePhaseDuration.observe({ hypervisor: phase.hypervisor, phase: phase.phase }, phase.durationMs / 1000);
     },
   };
 }

@@ -88,9 +88,21 @@ export interface OperationTiming {
   details: Record<string, string>;
 }
 
+/** One phase of a successful wake: `prepare` (checks, snapshot hash, network, cgroup, disks), `restore` (VMM start
+ * to guest running), `guest` (the guest's wake hook until it answered). */
+export interface OperationPhase {
+  action: AuditAction;
+  target: string;
+  phase: "prepare" | "restore" | "guest";
+  hypervisor: string;
+  durationMs: number;
+}
+
 /** Receives the timing of every audited operation (the agent turns boot, wake and sleep times into metrics). */
 export interface OperationObserver {
   finished(timing: OperationTiming): void;
+  /** Where the time of a successful wake went, phase by phase. */
+  phase?(phase: OperationPhase): void;
 }
 
 export type InstanceEvent = { kind: "upsert"; instance: Instance } | { kind: "deleted"; instance: Instance };

@@ -55,6 +55,8 @@ export interface Metrics {
   readonly transitions: Counter<"from" | "to" | "operation">;
   readonly bootDuration: Histogram<"hypervisor">;
   readonly wakeDuration: Histogram<"hypervisor">;
+  /** Where a wake's time went: `prepare` (checks, snapshot hash, network, cgroup, disks), `restore`, `guest`. */
+  readonly wakePhaseDuration: Histogram<"hypervisor" | "phase">;
   readonly sleepDuration: Histogram<"hypervisor">;
   /** Reconcile passes by result: `success` (every item converged), `partial` (some items failed), `failure`. */
   readonly reconcileRuns: Counter<"result">;
@@ -127,6 +129,13 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
     name: `${p}wake_duration_seconds`,
     help: "Wake time from restore start to the guest answering, seconds",
     labelNames: ["hypervisor"] as const,
+    buckets: WAKE_DURATION_BUCKETS,
+    registers,
+  });
+  const wakePhaseDuration = new Histogram({
+    name: `${p}wake_phase_duration_seconds`,
+    help: "Phases of a successful wake: prepare (checks, snapshot hash, network, cgroup, disks), restore (VMM start to guest running), guest (wake hook until answered), seconds",
+    labelNames: ["hypervisor", "phase"] as const,
     buckets: WAKE_DURATION_BUCKETS,
     registers,
   });
@@ -218,6 +227,7 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
     transitions,
     bootDuration,
     wakeDuration,
+    wakePhaseDuration,
     sleepDuration,
     reconcileRuns,
     reconcileDuration,

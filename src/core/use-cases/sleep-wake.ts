@@ -10,7 +10,7 @@ import type { Compression, Instance, Tenant } from "../model.js";
 import { assertQuota, computeUsage, type QuotaRequest } from "../quota.js";
 import { planTransition } from "../state-machine.js";
 import { GUEST_HOOK_PATHS, type HostCompatibility, type OpenedSnapshot, type SetAsideSnapshot, type SnapshotMeta, type VmDisk, type Vmm, type VmmProcess } from "../data-plane-ports.js";
-import type { AuditActor } from "../observability-ports.js";
+import type { AuditActor, OperationPhase } from "../observability-ports.js";
 import { audited } from "./audit-trail.js";
 import { timestamp } from "./deps.js";
 import type { InstanceKey } from "./instances.js";
@@ -290,6 +290,7 @@ export async function wakeInstance(deps: DataPlaneDeps, key: InstanceKey, option
 
 async function wakeLocked(deps: DataPlaneDeps, key: InstanceKey, options: WakeOptions, spent: (snapshot: SetAsideSnapshot) => void): Promise<Instance> {
   return deps.store.withTenantLock(key.tenantId, async () => {
+    const startedMs = deps.clock.nowMs();
     const { tenant, pool, instance } = await load(deps, key);
     if (planTransition(instance.status, "wake").kind === "noop") return instance;
     const files = instanceFiles(deps.paths, instance);
@@ -316,7 +317,7 @@ async function wakeLocked(deps: DataPlaneDeps, key: InstanceKey, options: WakeOp
     // TAP and cgroup are reservations a sleeping instance keeps, so a failed wake leaves them in place. The
     // snapshot's hash is checked side by side with preparing them, but always before a VMM starts.
     const rollback = new Rollback();
-    let woken: { instance: Instance; unanswered: MvmError | null };
+    let woken: { instance: Instance; unanswered: MvmError | null; phases: Array<Pick<OperationPhase, "phase" | "durationMs">> };
     try {
       const netPlan = tenantNetworkPlan(tenant, deps.metadataPort);
       const prepareNetwork = () =>
@@ -340,7 +341,9 @@ async function wakeLocked(deps: DataPlaneDeps, key: InstanceKey, options: WakeOp
       const procsFiles = (cgroup as PromiseFulfilledResult<{ procsFiles: string[] }>).value.procsFiles;
       const disks = (prepared as PromiseFulfilledResult<VmDisk[]>).value;
 
+      const preparedMs = deps.clock.nowMs();
       const process = await vmm.restore(vmLaunchSpec(deps, pool, instance, meta.revision, disks, procsFiles), opened.files);
+      const restoredMs = deps.clock.nowMs();
       rollback.add("stop VMM", () => vmm.shutdown(process, 0));
       const running: Instance = {
         ...instance,
@@ -352,6 +355,7 @@ async function wakeLocked(deps: DataPlaneDeps, key: InstanceKey, options: WakeOp
         () => null,
         (e: unknown) => (e instanceof Error ? e : new Error(String(e))),
       );
+      const answeredMs = deps.clock.nowMs();
       // The guest has run, answered or not: its disks no longer match the snapshot, which must never be restored
       // again, whatever happens next (a failed record write below included). A decompressed copy made for the
       // restore lies in the snapshot's directory and goes with it.
@@ -389,11 +393,21 @@ async function wakeLocked(deps: DataPlaneDeps, key: InstanceKey, options: WakeOp
               [],
               { cause: hookFailure },
             );
-      woken = { instance: awake, unanswered };
+      woken = {
+        instance: awake,
+        unanswered,
+        phases: [
+          { phase: "prepare", durationMs: preparedMs - startedMs },
+          { phase: "restore", durationMs: restoredMs - preparedMs },
+          { phase: "guest", durationMs: answeredMs - restoredMs },
+        ],
+      };
     } catch (error) {
       throw withRollbackFailures(error, await rollback.run());
     }
     if (woken.unanswered !== null) throw woken.unanswered;
+    const hypervisor = woken.instance.vmm?.hypervisor ?? meta.hypervisor;
+    for (const p of woken.phases) deps.operations?.phase?.({ action: "instance_wake", target: target(key), hypervisor, ...p });
     return woken.instance;
   });
 }

@@ -4,11 +4,12 @@
 import { describe, expect, it } from "vitest";
 import { operationMetrics, transitionMetrics } from "../../../src/agent/lifecycle-metrics.js";
 import { observeInstanceWrites } from "../../../src/core/observed-store.js";
-import type { AuditEntry, AuditLog, AuditRecord, OperationTiming } from "../../../src/core/observability-ports.js";
+import type { AuditEntry, AuditLog, AuditRecord, OperationPhase, OperationTiming } from "../../../src/core/observability-ports.js";
 import { operationBetween } from "../../../src/core/state-machine.js";
 import { createInstance } from "../../../src/core/use-cases/instances.js";
 import { destroyInstance, startInstance, stopInstance } from "../../../src/core/use-cases/lifecycle.js";
 import { createPool } from "../../../src/core/use-cases/pools.js";
+import { sleepInstance, wakeInstance } from "../../../src/core/use-cases/sleep-wake.js";
 import { createTenant } from "../../../src/core/use-cases/tenants.js";
 import { WatchHub } from "../../../src/core/watch-hub.js";
 import { FakeDataPlane } from "../../../src/runtime/fake/fake-data-plane.js";
@@ -82,6 +83,50 @@ describe("lifecycle metrics", () => {
     const text = await metrics.render();
     expect(samples(text, "mvm_wake_duration_seconds_count")).toEqual(['mvm_wake_duration_seconds_count{hypervisor="unknown"} 1']);
     expect(samples(text, "mvm_wake_duration_seconds_sum")).toEqual(['mvm_wake_duration_seconds_sum{hypervisor="unknown"} 0.4']);
+  });
+
+  it("splits each successful wake into prepare, restore and guest, which add up to no more than the wake", async () => {
+    const metrics = createMetrics();
+    const hub = new WatchHub();
+    const observer = operationMetrics(metrics, hub);
+    const phases: OperationPhase[] = [];
+    const timings: OperationTiming[] = [];
+    const base = fakeDataPlaneDeps(new FakeDataPlane(), observeInstanceWrites(new MemoryStore(), hub));
+    const deps = {
+      ...base,
+      audit: nullAudit,
+      operations: {
+        finished: (t: OperationTiming) => (timings.push(t), observer.finished(t)),
+        phase: (p: OperationPhase) => (phases.push(p), observer.phase!(p)),
+      },
+    };
+    await createTenant(deps, { tenantId: "acme" });
+    await createPool(deps, { tenantId: "acme", poolId: "web" }, {});
+    const pool = await deps.store.getPool("acme", "web");
+    await deps.store.putPool({ ...pool!, currentRevision: "abc123" });
+    const created = await createInstance(deps, { tenantId: "acme", poolId: "web" });
+    const key = { tenantId: "acme", poolId: "web", instanceId: created.instanceId };
+    await startInstance(deps, key);
+    await sleepInstance(deps, key);
+    expect(phases).toEqual([]);
+    await wakeInstance(deps, key);
+
+    const target = `acme/web/${created.instanceId}`;
+    expect(phases.map((p) => [p.action, p.target, p.phase, p.hypervisor])).toEqual([
+      ["instance_wake", target, "prepare", "qemu"],
+      ["instance_wake", target, "restore", "qemu"],
+      ["instance_wake", target, "guest", "qemu"],
+    ]);
+    // The fake clock moves on at every reading: each phase took some time, and all of them fit in the wake.
+    for (const p of phases) expect(p.durationMs).toBeGreaterThan(0);
+    const wake = timings.find((t) => t.action === "instance_wake")!;
+    expect(phases.reduce((sum, p) => sum + p.durationMs, 0)).toBeLessThanOrEqual(wake.durationMs);
+    const text = await metrics.render();
+    expect(samples(text, "mvm_wake_phase_duration_seconds_count").sort()).toEqual([
+      'mvm_wake_phase_duration_seconds_count{hypervisor="qemu",phase="guest"} 1',
+      'mvm_wake_phase_duration_seconds_count{hypervisor="qemu",phase="prepare"} 1',
+      'mvm_wake_phase_duration_seconds_count{hypervisor="qemu",phase="restore"} 1',
+    ]);
   });
 });
 
