@@ -7,7 +7,7 @@ import { observeInstanceWrites } from "../../../src/core/observed-store.js";
 import type { AuditEntry, AuditLog, AuditRecord, OperationPhase, OperationTiming } from "../../../src/core/observability-ports.js";
 import { operationBetween } from "../../../src/core/state-machine.js";
 import { createInstance } from "../../../src/core/use-cases/instances.js";
-import { destroyInstance, startInstance, stopInstance } from "../../../src/core/use-cases/lifecycle.js";
+import { destroyInstance, startInstance, stopInstance, type DataPlaneDeps } from "../../../src/core/use-cases/lifecycle.js";
 import { createPool } from "../../../src/core/use-cases/pools.js";
 import { sleepInstance, wakeInstance } from "../../../src/core/use-cases/sleep-wake.js";
 import { createTenant } from "../../../src/core/use-cases/tenants.js";
@@ -26,6 +26,16 @@ const nullAudit: AuditLog = {
     return { ...record, seq: 0, at: "", prevHash: "", hash: "" };
   },
 };
+
+/** A created instance in acme/web, whose pool has a built revision. */
+async function instanceOfBuiltPool(deps: DataPlaneDeps): Promise<{ tenantId: string; poolId: string; instanceId: string }> {
+  await createTenant(deps, { tenantId: "acme" });
+  await createPool(deps, { tenantId: "acme", poolId: "web" }, {});
+  const pool = await deps.store.getPool("acme", "web");
+  await deps.store.putPool({ ...pool!, currentRevision: "abc123" });
+  const created = await createInstance(deps, { tenantId: "acme", poolId: "web" });
+  return { tenantId: "acme", poolId: "web", instanceId: created.instanceId };
+}
 
 describe("lifecycle metrics", () => {
   it("names the operation of every legal edge and none for an edge the state machine lacks", () => {
@@ -48,12 +58,7 @@ describe("lifecycle metrics", () => {
       audit: nullAudit,
       operations: { finished: (t: OperationTiming) => (timings.push(t), timingMetrics.finished(t)) },
     };
-    await createTenant(deps, { tenantId: "acme" });
-    await createPool(deps, { tenantId: "acme", poolId: "web" }, {});
-    const pool = await deps.store.getPool("acme", "web");
-    await deps.store.putPool({ ...pool!, currentRevision: "abc123" });
-    const created = await createInstance(deps, { tenantId: "acme", poolId: "web" });
-    const key = { tenantId: "acme", poolId: "web", instanceId: created.instanceId };
+    const key = await instanceOfBuiltPool(deps);
     await startInstance(deps, key);
     await stopInstance(deps, key);
     await startInstance(deps, key);
@@ -100,18 +105,13 @@ describe("lifecycle metrics", () => {
         phase: (p: OperationPhase) => (phases.push(p), observer.phase!(p)),
       },
     };
-    await createTenant(deps, { tenantId: "acme" });
-    await createPool(deps, { tenantId: "acme", poolId: "web" }, {});
-    const pool = await deps.store.getPool("acme", "web");
-    await deps.store.putPool({ ...pool!, currentRevision: "abc123" });
-    const created = await createInstance(deps, { tenantId: "acme", poolId: "web" });
-    const key = { tenantId: "acme", poolId: "web", instanceId: created.instanceId };
+    const key = await instanceOfBuiltPool(deps);
     await startInstance(deps, key);
     await sleepInstance(deps, key);
     expect(phases).toEqual([]);
     await wakeInstance(deps, key);
 
-    const target = `acme/web/${created.instanceId}`;
+    const target = `acme/web/${key.instanceId}`;
     expect(phases.map((p) => [p.action, p.target, p.phase, p.hypervisor])).toEqual([
       ["instance_wake", target, "prepare", "qemu"],
       ["instance_wake", target, "restore", "qemu"],
