@@ -84,7 +84,7 @@ export function registerInstanceRuntimeCommands<T extends GlobalOptions & Contro
     )
     .command(
       "wake [path]",
-      "restore a sleeping instance from its snapshot and wait until the guest answers",
+      "restore a sleeping instance from its snapshot and wait until the guest answers (one left running with Ready false: ask its guest again)",
       (c) => requiredPositional(c, "path", INSTANCE_PATH),
       async (args) => {
         const key = parseInstancePath(args.path);
