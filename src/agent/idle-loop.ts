@@ -20,7 +20,7 @@ import {
   retryUnansweredWakeHooks,
   WakeHookRetrySchedule,
   type WakeHookRetryOutcome,
-} from "../core/use-cases/sleep-wake.js";
+} from "../core/use-cases/wake-hook-retry.js";
 import type { Metrics } from "../platform/metrics.js";
 
 /** Default time between two ticks; SPEC sets none. Thresholds are minutes by default, so seconds of lag are noise. */

@@ -2,15 +2,16 @@
 // asks the state machine first, runs under the tenant lock and undoes what it did when a later step fails. An
 // instance that fails to sleep stays running (or warm); one that fails to wake before its guest runs again stays
 // sleeping with its snapshot untouched, so the operation can be retried. Once the guest has run, the snapshot is
-// gone either way: a guest that then does not answer its wake hook keeps running, with Ready false.
+// gone either way: a guest that then does not answer its wake hook keeps running, with Ready false, until a later
+// try of the hook gets an answer (retryWakeHook; the agent's schedule of tries is in wake-hook-retry.ts).
 
 import { withoutIdleMark } from "../idle-mark.js";
-import { failedPrecondition, isMvmError, MvmError } from "../errors.js";
+import { failedPrecondition, MvmError } from "../errors.js";
 import type { Compression, Instance, Tenant } from "../model.js";
 import { assertQuota, computeUsage, type QuotaRequest } from "../quota.js";
 import { planTransition } from "../state-machine.js";
 import { GUEST_HOOK_PATHS, type HostCompatibility, type OpenedSnapshot, type SetAsideSnapshot, type SnapshotMeta, type VmDisk, type Vmm, type VmmProcess } from "../data-plane-ports.js";
-import type { AuditActor, OperationPhase } from "../observability-ports.js";
+import type { OperationPhase } from "../observability-ports.js";
 import { audited } from "./audit-trail.js";
 import { timestamp } from "./deps.js";
 import type { InstanceKey } from "./instances.js";
@@ -20,7 +21,6 @@ import {
   instanceDisks,
   instanceFiles,
   load,
-  refreshInstanceHealth,
   Rollback,
   setCondition,
   tenantNetworkPlan,
@@ -43,10 +43,6 @@ export const DEFAULT_RESUME_HOOK_TIMEOUT_MS = 5_000;
 const WAKE_RETRY_MS = 200;
 /** Ready false with this reason: the VM runs again after a wake, but its guest has not answered the wake hook. */
 export const WAKE_HOOK_FAILED = "WakeHookFailed";
-/** How long one later try of an unanswered wake hook waits for the guest, ms. */
-export const DEFAULT_WAKE_HOOK_RETRY_TIMEOUT_MS = 10_000;
-/** Who the audit log names when the agent tries an unanswered wake hook again by itself. */
-export const WAKE_HOOK_RETRY_ACTOR: Readonly<AuditActor> = Object.freeze({ kind: "system", id: "system:wake-hook-retry" });
 
 export interface SleepOptions {
   /** Overrides the pool's snapshot_compression. */
@@ -64,7 +60,7 @@ function target(key: InstanceKey): string {
   return `${key.tenantId}/${key.poolId}/${key.instanceId}`;
 }
 
-function processOf(deps: DataPlaneDeps, instance: Instance): VmmProcess | null {
+export function processOf(deps: DataPlaneDeps, instance: Instance): VmmProcess | null {
   if (!instance.vmm) return null;
   return {
     hypervisor: instance.vmm.hypervisor,
@@ -457,107 +453,8 @@ export async function retryWakeHook(deps: DataPlaneDeps, key: InstanceKey, optio
   });
 }
 
-export interface WakeHookRetryOutcome extends InstanceKey {
-  result: "answered" | "unanswered";
-  /** Why the guest did not answer; empty when it did. */
-  error: string;
-}
-
-/** First pause before the agent tries an unanswered wake hook again, ms; it doubles after every try that fails. */
-export const WAKE_HOOK_RETRY_FIRST_DELAY_MS = 15_000;
-/** Longest pause between two tries, ms. */
-export const WAKE_HOOK_RETRY_MAX_DELAY_MS = 15 * 60_000;
-
-/**
- * When the agent asks each waiting guest again: soon at first, then less and less often (a guest that never answers
- * must not fill its tenant's audit log). Kept in memory per VM (pid and start time): a new VMM starts over.
- */
-export class WakeHookRetrySchedule {
-  private readonly entries = new Map<string, { vmm: string; tries: number; dueAtMs: number }>();
-
-  constructor(
-    private readonly firstDelayMs = WAKE_HOOK_RETRY_FIRST_DELAY_MS,
-    private readonly maxDelayMs = WAKE_HOOK_RETRY_MAX_DELAY_MS,
-  ) {}
-
-  /** Whether `instance`, waiting on its wake hook, is due for a try at `nowMs`. One seen for the first time is. */
-  due(instance: Instance, nowMs: number): boolean {
-    const entry = this.entries.get(instanceKeyText(instance));
-    return entry === undefined || entry.vmm !== vmmText(instance) || nowMs >= entry.dueAtMs;
-  }
-
-  /** Records a failed try: the next one waits twice as long as the last (from the first delay, up to the maximum). */
-  failed(instance: Instance, nowMs: number): void {
-    const key = instanceKeyText(instance);
-    const previous = this.entries.get(key);
-    const tries = previous !== undefined && previous.vmm === vmmText(instance) ? previous.tries + 1 : 1;
-    const delay = Math.min(this.maxDelayMs, this.firstDelayMs * 2 ** (tries - 1));
-    this.entries.set(key, { vmm: vmmText(instance), tries, dueAtMs: nowMs + delay });
-  }
-
-  /** Forgets every instance not in `waiting` (answered, stopped, slept, destroyed). */
-  keepOnly(waiting: readonly Instance[]): void {
-    const keep = new Set(waiting.map(instanceKeyText));
-    for (const key of this.entries.keys()) if (!keep.has(key)) this.entries.delete(key);
-  }
-}
-
-function instanceKeyText(i: InstanceKey): string {
-  return `${i.tenantId}/${i.poolId}/${i.instanceId}`;
-}
-
-function vmmText(i: Instance): string {
-  return i.vmm === null ? "" : `${i.vmm.pid}@${i.vmm.pidStartTime}`;
-}
-
-/**
- * One later try of the wake hook for every instance of the node that waits on it and is due by `schedule`, a few
- * guests at a time (the agent's loop calls this). Audited as the agent's own wakes.
- */
-export async function retryUnansweredWakeHooks(
-  deps: DataPlaneDeps,
-  schedule: WakeHookRetrySchedule,
-  options: WakeHookRetryOptions & { concurrency?: number },
-): Promise<WakeHookRetryOutcome[]> {
-  const waiting: Instance[] = [];
-  for (const tenant of await deps.store.listTenants()) {
-    for (const pool of await deps.store.listPools(tenant.tenantId)) {
-      for (const instance of await deps.store.listInstances(tenant.tenantId, pool.poolId)) {
-        if (awaitsWakeHook(instance)) waiting.push(instance);
-      }
-    }
-  }
-  schedule.keepOnly(waiting);
-  const due = waiting.filter((i) => schedule.due(i, deps.clock.nowMs()));
-  const agentDeps: DataPlaneDeps = { ...deps, actor: { ...WAKE_HOOK_RETRY_ACTOR } };
-  const outcomes: WakeHookRetryOutcome[] = [];
-  let next = 0;
-  const worker = async () => {
-    while (next < due.length) {
-      const instance = due[next++] as Instance;
-      const key: InstanceKey = { tenantId: instance.tenantId, poolId: instance.poolId, instanceId: instance.instanceId };
-      try {
-        const process = processOf(deps, instance);
-        if (process !== null && !(await deps.vmm(process.hypervisor).isAlive(process))) {
-          // No guest left to ask: the record says so (stopped, VmmExited) and TAP and cgroup are released.
-          await refreshInstanceHealth(deps, key);
-          continue;
-        }
-        const after = await retryWakeHook(agentDeps, key, options);
-        // Stopped, slept or destroyed meanwhile: its guest was not asked, there is nothing to report.
-        if (after.status === "running" && sameVmm(after, instance) && !awaitsWakeHook(after)) outcomes.push({ ...key, result: "answered", error: "" });
-      } catch (e) {
-        if (isMvmError(e) && e.kind === "not_found") continue;
-        schedule.failed(instance, deps.clock.nowMs());
-        outcomes.push({ ...key, result: "unanswered", error: e instanceof Error ? e.message : String(e) });
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(options.concurrency ?? 4, due.length)) }, worker));
-  return outcomes;
-}
-
-function sameVmm(a: Instance, b: Instance): boolean {
+/** Whether two records of an instance describe the same VMM process. */
+export function sameVmm(a: Instance, b: Instance): boolean {
   return a.vmm !== null && b.vmm !== null && a.vmm.pid === b.vmm.pid && a.vmm.pidStartTime === b.vmm.pidStartTime;
 }
 

@@ -11,13 +11,12 @@ import {
   hostCompatibilityProblems,
   instanceSnapshot,
   resumeInstance,
-  retryUnansweredWakeHooks,
   retryWakeHook,
   sleepInstance,
-  WakeHookRetrySchedule,
   wakeInstance,
   warmInstance,
 } from "../../../src/core/use-cases/sleep-wake.js";
+import { retryUnansweredWakeHooks, WakeHookRetrySchedule } from "../../../src/core/use-cases/wake-hook-retry.js";
 import { createTenant } from "../../../src/core/use-cases/tenants.js";
 import { FakeDataPlane } from "../../../src/runtime/fake/fake-data-plane.js";
 import { fakeDataPlaneDeps } from "../../helpers/fake-data-plane-deps.js";
