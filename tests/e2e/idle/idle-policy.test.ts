@@ -1,6 +1,7 @@
 // The idle policy on real microVMs: an agent (`mvm agent serve`, idle loop every second) watches three instances
 // booted with QEMU in a network namespace this test creates and deletes. With thresholds of seconds, the idle guest
-// is warmed and later put to sleep, a guest spinning its CPU is left running, and a pinned pool is never touched.
+// is warmed and later put to sleep, a guest spinning its CPU is left running, and a pinned pool is never touched;
+// a guest that did not answer its wake hook is asked again by the agent until it answers.
 
 import { execFileSync, spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
@@ -191,4 +192,33 @@ describe.skipIf(skipReason !== null)("idle policy on real microVMs", () => {
       ["instance_sleep", `${TENANT}/loose/${idleId}`, "success", "system"],
     ]);
   }, 240_000);
+
+  it("asks a guest that did not answer its wake hook again until it answers, and then the instance is Ready", async () => {
+    // The pinned instance: the policy never acts on it, so only this test puts it to sleep and wakes it.
+    const hook = "/usr/lib/mvm/hooks/wake";
+    const inGuest = (command: string) => mvm("instance", "exec", paths.pinned, "--", "sh", "-c", command);
+    const ready = () => ok<{ conditions: Array<{ type: string; reason: string }> }>(mvm("instance", "info", paths.pinned, "-o", "json")).conditions.find((c) => c.type === "Ready")?.reason;
+    const triesBy = (outcome: string) =>
+      auditEntries().filter((e) => e.actor.id === "system:wake-hook-retry" && e.action === "instance_wake" && e.target === paths.pinned && e.outcome === outcome);
+    const broken = inGuest(`cp ${hook} /tmp/wake.saved && printf '#!/bin/sh\\necho broken on purpose >&2\\nexit 3\\n' > ${hook}`);
+    expect(broken.code, broken.stderr).toBe(0);
+    expect(ok<{ status: string }>(mvm("instance", "sleep", paths.pinned, "-o", "json")).status).toBe("sleeping");
+    const failed = mvm("instance", "wake", paths.pinned, "-o", "json");
+    expect(failed.code, failed.stderr).toBe(8);
+    expect(ready()).toBe("WakeHookFailed");
+
+    // The agent asks at its next tick, and gets no answer: the hook is still broken.
+    await until("the agent has asked the guest once", 30_000, () => triesBy("failure").length > 0);
+    expect(ready()).toBe("WakeHookFailed");
+    // Mended, the next try (15 s after the failed one) gets its answer.
+    const mended = inGuest(`cp /tmp/wake.saved ${hook}`);
+    expect(mended.code, mended.stderr).toBe(0);
+    await until("the agent's later try made the instance Ready", 90_000, () => ready() === "Woken");
+    expect(triesBy("success")).toHaveLength(1);
+    expect(status(paths.pinned)).toBe("running");
+    const text = await scrape();
+    expect(sample(text, "mvm_wake_hook_retries_total", { pool: "fixed", result: "unanswered" })).toBeGreaterThanOrEqual(1);
+    expect(sample(text, "mvm_wake_hook_retries_total", { pool: "fixed", result: "answered" })).toBe(1);
+  }, 240_000);
 });
+
