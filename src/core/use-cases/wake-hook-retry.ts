@@ -6,7 +6,7 @@ import { isMvmError } from "../errors.js";
 import { formatInstancePath } from "../ids.js";
 import type { Instance } from "../model.js";
 import type { AuditActor } from "../observability-ports.js";
-import type { InstanceKey } from "./instances.js";
+import { listInstances, type InstanceKey } from "./instances.js";
 import { refreshInstanceHealth, type DataPlaneDeps } from "./lifecycle.js";
 import { awaitsWakeHook, processOf, retryWakeHook, sameVmm, type WakeHookRetryOptions } from "./sleep-wake.js";
 
@@ -73,14 +73,7 @@ export async function retryUnansweredWakeHooks(
   schedule: WakeHookRetrySchedule,
   options: WakeHookRetryOptions & { concurrency?: number },
 ): Promise<WakeHookRetryOutcome[]> {
-  const waiting: Instance[] = [];
-  for (const tenant of await deps.store.listTenants()) {
-    for (const pool of await deps.store.listPools(tenant.tenantId)) {
-      for (const instance of await deps.store.listInstances(tenant.tenantId, pool.poolId)) {
-        if (awaitsWakeHook(instance)) waiting.push(instance);
-      }
-    }
-  }
+  const waiting = (await listInstances(deps, { status: "running" })).filter(awaitsWakeHook);
   schedule.keepOnly(waiting);
   const due = waiting.filter((i) => schedule.due(i, deps.clock.nowMs()));
   const agentDeps: DataPlaneDeps = { ...deps, actor: { ...WAKE_HOOK_RETRY_ACTOR } };
