@@ -42,10 +42,6 @@ export interface IdleLoopOptions {
   metrics?: Metrics;
   /** Replaces the policy's runners (tests); default the warm and sleep use cases. */
   runners?: IdleActionRunners;
-  /** When unanswered wake hooks are tried again; default the standard schedule. */
-  wakeHookRetrySchedule?: WakeHookRetrySchedule;
-  /** How long each of those tries waits for the guest, ms. */
-  wakeHookRetryTimeoutMs?: number;
 }
 
 export interface IdleTickReport {
@@ -69,11 +65,11 @@ export function startIdleLoop(deps: DataPlaneDeps, options: IdleLoopOptions): Id
   let timer: NodeJS.Timeout | null = null;
   let running: Promise<IdleTickReport> | null = null;
 
-  const retrySchedule = options.wakeHookRetrySchedule ?? new WakeHookRetrySchedule();
+  const retrySchedule = new WakeHookRetrySchedule();
 
   async function once(): Promise<IdleTickReport> {
     const wakeHookRetries = await retryUnansweredWakeHooks(deps, retrySchedule, {
-      timeoutMs: options.wakeHookRetryTimeoutMs ?? DEFAULT_WAKE_HOOK_RETRY_TIMEOUT_MS,
+      timeoutMs: DEFAULT_WAKE_HOOK_RETRY_TIMEOUT_MS,
     });
     for (const r of wakeHookRetries) {
       const fields = { tenant: r.tenantId, pool: r.poolId, instance: r.instanceId };
