@@ -8,6 +8,7 @@ import { idViolations } from "../../core/ids.js";
 import type { Instance, InstanceStatus, Tenant, WorkerPool } from "../../core/model.js";
 import { INSTANCE_STATUSES } from "../../core/model.js";
 import { computeUsage } from "../../core/quota.js";
+import { holdsReservations, reservedTaps } from "../../core/reservations.js";
 import { tenantNetworkPlan } from "../../core/use-cases/lifecycle.js";
 import type { NetworkCheck as DomainNetworkCheck } from "../../core/data-plane-ports.js";
 import { NetworkCheckKind, NetworkCheckSchema, StatusCountSchema, TenantStatsSchema, type StatusCount } from "../../../gen/mvm/v1/node_pb.js";
@@ -151,10 +152,10 @@ export function nodeService(kit: ServiceKit): ServiceImpl<typeof NodeService> {
         const reports = [];
         for (const tenant of tenants) {
           const { instances } = await tenantRecords(runtime, tenant);
-          // A TAP is expected wherever a VMM runs: TAPs of stopped instances are released.
-          const withTap = instances.filter((i) => i.vmm !== null && (i.status === "running" || i.status === "warm"));
+          // A TAP lives from start to stop and is kept while an instance sleeps: TAPs of stopped instances are released.
+          const withTap = instances.filter(holdsReservations);
           const plan = tenantNetworkPlan(tenant, runtime.metadataPort);
-          const report = await runtime.network.verify(plan, withTap.map((i) => ({ name: i.net.tapName, mac: i.net.mac, guestIp: i.net.guestIp })), req.fix);
+          const report = await runtime.network.verify(plan, reservedTaps(withTap), req.fix);
           if (req.fix) {
             await runtime.audit.append({
               tenantId: tenant.tenantId,

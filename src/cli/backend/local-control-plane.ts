@@ -5,7 +5,8 @@
 import { createReadStream } from "node:fs";
 import { stat } from "node:fs/promises";
 import type { NodeRuntime } from "../../agent/node-runtime-types.js";
-import type { TapPlan, TenantNetworkReport } from "../../core/data-plane-ports.js";
+import type { TenantNetworkReport } from "../../core/data-plane-ports.js";
+import { reservedTaps } from "../../core/reservations.js";
 import { invalid } from "../../core/errors.js";
 import { audited } from "../../core/use-cases/audit-trail.js";
 import { buildPool, listBuilds, rollbackPool } from "../../core/use-cases/builds.js";
@@ -28,8 +29,6 @@ import { FsAuditLog } from "../../runtime/audit/fs-audit-log.js";
 import { readHostFacts } from "../../runtime/host/host-facts.js";
 import type { ControlPlaneClient } from "./control-plane-client.js";
 
-/** Instances whose TAP must exist: a TAP lives from start to stop, and is kept while an instance sleeps. */
-const HAS_TAP = new Set(["running", "warm", "sleeping"]);
 const LOG_POLL_MS = 250;
 
 async function followFile(path: string, write: (t: string) => void, signal: AbortSignal | undefined): Promise<void> {
@@ -155,9 +154,7 @@ export function localControlPlane(open: () => Promise<NodeRuntime>): ControlPlan
       for (const tenant of tenants) {
         const pools = await runtime.store.listPools(tenant.tenantId);
         const instances = (await Promise.all(pools.map((p) => runtime.store.listInstances(tenant.tenantId, p.poolId)))).flat();
-        const expected: TapPlan[] = instances
-          .filter((i) => HAS_TAP.has(i.status))
-          .map((i) => ({ name: i.net.tapName, mac: i.net.mac, guestIp: i.net.guestIp }));
+        const expected = reservedTaps(instances);
         const plan = tenantNetworkPlan(tenant, runtime.metadataPort);
         const report = fix
           ? await audited(runtime, { tenantId: tenant.tenantId, action: "network_repair", target: tenant.tenantId }, () =>

@@ -40,6 +40,11 @@ async function twoTenants() {
   return refs as { acme: { tenantId: string; poolId: string; instanceId: string }; other: { tenantId: string; poolId: string; instanceId: string } };
 }
 
+/** A built revision, so that the pool's instances can start. */
+async function build(tenantId: string) {
+  for await (const _ of h.client(PoolService, "admin").buildPool({ pool: { tenantId, poolId: "web" } })) void _;
+}
+
 async function denials() {
   return (await h.audit.tail("", 100)).filter((e) => e.action === "permission_deny");
 }
@@ -207,6 +212,19 @@ describe("NodeService", () => {
     await node.verifyNetwork({ tenantId: "acme", fix: true });
     expect((await h.audit.tail("acme", 5)).some((e) => e.action === "network_repair")).toBe(true);
     await expectCode(node.verifyNetwork({ tenantId: "ghost" }), Code.InvalidArgument);
+  });
+
+  it("does not take a sleeping instance's TAP for a stray one, so a repair leaves it for the wake", async () => {
+    const refs = await twoTenants();
+    await build("acme");
+    const instances = h.client(InstanceService, "admin");
+    await instances.startInstance({ instance: refs.acme });
+    await instances.sleepInstance({ instance: refs.acme });
+    const tap = (await h.runtime.store.getInstance("acme", "web", refs.acme.instanceId))!.net.tapName;
+    const report = await h.client(NodeService, "admin").verifyNetwork({ tenantId: "acme", fix: true });
+    expect(report.tenants[0]?.orphanTaps).toEqual([]);
+    expect(report.tenants[0]?.instancesWithoutTap).toEqual([]);
+    expect(h.plane.taps.has(tap)).toBe(true);
   });
 
   it("answers CollectGarbage with Unimplemented", async () => {
