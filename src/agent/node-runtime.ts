@@ -13,6 +13,7 @@ import { cgroupLimitsFor } from "../runtime/cgroups/cgroup-limits.js";
 import { PARENT_RULE, parentViolations } from "../runtime/cgroups/cgroup-files.js";
 import { createCgroups, DEFAULT_CGROUP_PARENT } from "../runtime/cgroups/linux-cgroups.js";
 import { createDebianImageBuilder } from "../runtime/images/debian-image-builder.js";
+import { createRevisionFiles } from "../runtime/images/revision-files.js";
 import { createCommandHelperRunner } from "../runtime/exec/command-helper.js";
 import { createLinuxNetwork } from "../runtime/network/linux-network.js";
 import { createQemuVmm } from "../runtime/qemu/qemu-vmm.js";
@@ -124,6 +125,7 @@ export async function openNodeRuntime(options: NodeRuntimeOptions): Promise<Node
     // A shared cache (MVM_IMAGE_CACHE) lets several data roots on one host, such as test runs, build each image once.
     imageBuilder: createDebianImageBuilder({ cacheDir: env.MVM_IMAGE_CACHE || join(dataRoot, "images", "cache") }),
     revisionsDir: (tenantId, poolId) => join(poolDir(tenantId, poolId), "revisions"),
+    revisionFiles: createRevisionFiles((tenantId, poolId) => join(poolDir(tenantId, poolId), "revisions")),
     paths: {
       revisionDir: (tenantId, poolId, revision) => join(poolDir(tenantId, poolId), "revisions", revision),
       instanceDir: (tenantId, poolId, instanceId) => fsStore.instanceDir(tenantId, poolId, instanceId),

@@ -2,6 +2,7 @@
 // tests from fakes. Nothing here is created by the API itself.
 
 import type { Logger } from "pino";
+import type { RevisionFiles } from "../core/data-plane-ports.js";
 import type { AuditEntry, AuditLog } from "../core/observability-ports.js";
 import type { BuildDeps } from "../core/use-cases/builds.js";
 import type { DataPlaneDeps } from "../core/use-cases/lifecycle.js";
@@ -14,6 +15,8 @@ import type { NodeCapabilities, NodeInfo } from "../../gen/mvm/v1/node_pb.js";
 /** The use cases' dependencies, as the agent's runtime provides them. */
 export interface ApiRuntime extends DataPlaneDeps, BuildDeps {
   audit: AuditLog;
+  /** Built revisions on disk, for garbage collection. */
+  revisionFiles: RevisionFiles;
 }
 
 /** Reading the audit log back (FsAuditLog has this shape). */

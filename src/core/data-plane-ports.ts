@@ -190,6 +190,8 @@ export interface SnapshotStore {
    * file) and decompresses when needed; the snapshot itself is left as it is.
    */
   open(dir: string, meta: SnapshotMeta): Promise<OpenedSnapshot>;
+  /** Bytes the files in the snapshot directory take on disk; null when there is no such directory. */
+  diskBytes(dir: string): Promise<number | null>;
   /** Removes the snapshot directory: `setAside`, then its files are freed in the background. Idempotent. */
   remove(dir: string): Promise<void>;
   /**
@@ -293,6 +295,15 @@ export interface Cgroups {
   remove(key: CgroupKey): Promise<void>;
   usage(key: CgroupKey): Promise<CgroupUsage | null>;
   limits(key: CgroupKey): Promise<CgroupLimits | null>;
+  /** Every instance group under mvm's parent (in any hierarchy), whoever owns it: what garbage collection checks. */
+  list(): Promise<CgroupKey[]>;
+  /** The processes in the instance's groups; none when the groups do not exist. */
+  processes(key: CgroupKey): Promise<number[]>;
+  /**
+   * Kills (SIGKILL) every process in the instance's groups, which only mvm puts there, and waits up to `timeoutMs`
+   * for them to be gone. Returns the PIDs it killed.
+   */
+  killProcesses(key: CgroupKey, timeoutMs: number): Promise<number[]>;
 }
 
 // ── Disks ─────────────────────────────────────────────────────────────────────────────────────────────────────────
@@ -335,6 +346,29 @@ export interface BuiltImage {
 export interface ImageBuilder {
   /** Builds (or finds in the cache) the artifacts of `source` into `revisionsDir/<revision>/`. */
   build(source: ImageSource, revisionsDir: string, onProgress: (e: BuildProgressEvent) => void): Promise<BuiltImage>;
+}
+
+/** A built revision's directory as garbage collection sees it. */
+export interface RevisionOnDisk {
+  revision: string;
+  /**
+   * Bytes that removing the directory frees: files linked from nowhere else. Artifacts are hard links into the image
+   * cache, so a revision whose cache entries live on frees little.
+   */
+  freedBytes: number;
+  /**
+   * When the directory was last modified, ms since the epoch. A build fills it just before renaming it into place (or
+   * touches one it reuses), then waits for the tenant lock to record it.
+   */
+  changedAtMs: number;
+}
+
+/** The built revisions of a pool on disk. */
+export interface RevisionFiles {
+  /** The revision directories present for the pool, in no particular order; none when the pool has none. */
+  list(tenantId: string, poolId: string): Promise<RevisionOnDisk[]>;
+  /** Removes a revision directory. Idempotent. */
+  remove(tenantId: string, poolId: string, revision: string): Promise<void>;
 }
 
 // ── Guest channel ─────────────────────────────────────────────────────────────────────────────────────────────────

@@ -43,6 +43,8 @@ export interface Store {
   listBuilds(tenantId: string, poolId: string): Promise<BuildRevision[]>;
   /** Appends a revision and keeps only the newest `keep`. */
   appendBuild(tenantId: string, poolId: string, revision: BuildRevision, keep: number): Promise<void>;
+  /** Drops the named revisions from the build history (their files are gone); others stay in order. */
+  removeBuilds(tenantId: string, poolId: string, revisions: readonly string[]): Promise<void>;
 
   listInstances(tenantId: string, poolId: string): Promise<Instance[]>;
   getInstance(tenantId: string, poolId: string, instanceId: string): Promise<Instance | null>;

@@ -1,4 +1,4 @@
-// NodeService: host facts, usage, network checks and disk use. Garbage collection has no use case yet.
+// NodeService: host facts, usage, network checks, disk use and garbage collection.
 
 import { create } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
@@ -9,17 +9,20 @@ import type { Instance, InstanceStatus, Tenant, WorkerPool } from "../../core/mo
 import { INSTANCE_STATUSES } from "../../core/model.js";
 import { computeUsage } from "../../core/quota.js";
 import { holdsReservations, reservedTaps } from "../../core/reservations.js";
+import { collectGarbage } from "../../core/use-cases/garbage.js";
 import { tenantNetworkPlan } from "../../core/use-cases/lifecycle.js";
 import type { NetworkCheck as DomainNetworkCheck } from "../../core/data-plane-ports.js";
 import { NetworkCheckKind, NetworkCheckSchema, StatusCountSchema, TenantStatsSchema, type StatusCount } from "../../../gen/mvm/v1/node_pb.js";
 import { CollectGarbageRequestSchema, NodeService, VerifyNetworkRequestSchema } from "../../../gen/mvm/v1/node_service_pb.js";
 import type { ApiRuntime, DiskReport } from "../api-deps.js";
 import { instanceStatusToProto } from "../convert/enums.js";
+import { garbageItemToProto } from "../convert/garbage.js";
 import { instanceRefOf } from "../convert/instance.js";
 import { callInfo } from "../policy.js";
-import { notAvailable, type ServiceKit } from "./service-kit.js";
+import type { ServiceKit } from "./service-kit.js";
 
 const BYTES_PER_GIB = 1024 ** 3;
+
 
 function statusCounts(instances: readonly Instance[]): StatusCount[] {
   const counts = new Map<InstanceStatus, number>();
@@ -192,10 +195,12 @@ export function nodeService(kit: ServiceKit): ServiceImpl<typeof NodeService> {
     async collectGarbage(req, context) {
       const call = callInfo(context);
       return kit.once(call, CollectGarbageRequestSchema, req, req.apply ? req.requestId : "", async () => {
-        throw notAvailable(
-          "NodeService.CollectGarbage",
-          "the orphan scan (processes, TAPs, cgroups, files, surplus revisions) of SPEC §11 has no use case yet",
-        );
+        const report = await collectGarbage(kit.runtimeFor(call), { apply: req.apply, keepRevisions: req.keepRevisions });
+        return {
+          items: report.items.map(garbageItemToProto),
+          reclaimedBytes: BigInt(report.reclaimedBytes),
+          applied: report.applied,
+        };
       });
     },
   };

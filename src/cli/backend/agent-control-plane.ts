@@ -31,6 +31,7 @@ import {
 import { auditEntryFromProto } from "../../api/convert/audit.js";
 import { buildRevisionFromProto } from "../../api/convert/build.js";
 import { compressionToProto, instanceStatusToProto } from "../../api/convert/enums.js";
+import { garbageItemFromProto } from "../../api/convert/garbage.js";
 import { instanceFromProto } from "../../api/convert/instance.js";
 import { poolFromProto, poolSpecInputToProto } from "../../api/convert/pool.js";
 import { tenantFromProto } from "../../api/convert/tenant.js";
@@ -443,6 +444,15 @@ export function agentControlPlane(connection: AgentConnection): ControlPlaneClie
           missingTaps,
         };
       });
+    },
+
+    async collectGarbage(options) {
+      const res = await rpc(() => node.collectGarbage({ apply: options.apply, keepRevisions: options.keepRevisions ?? 0 }));
+      return {
+        items: res.items.map(garbageItemFromProto),
+        reclaimedBytes: Number(res.reclaimedBytes),
+        applied: res.applied,
+      };
     },
 
     async tailAudit(tenantId, n) {

@@ -5,6 +5,8 @@
 import type { BuildProgressEvent, TenantNetworkReport } from "../../core/data-plane-ports.js";
 import type { BuildRevision, DesiredCounts, Instance, Tenant, WorkerPool } from "../../core/model.js";
 import type { AuditEntry } from "../../core/observability-ports.js";
+import type { ReportedGarbageItem } from "../../api/convert/garbage.js";
+import type { GarbageOptions, GarbageReport } from "../../core/use-cases/garbage.js";
 import type { InstanceFilter, InstanceKey } from "../../core/use-cases/instances.js";
 import type { PoolKey, PoolSpecInput } from "../../core/use-cases/pools.js";
 import type { SleepOptions } from "../../core/use-cases/sleep-wake.js";
@@ -89,6 +91,8 @@ export interface ControlPlaneClient {
   nodeInfo(): Promise<Record<string, unknown>>;
   /** One report per tenant (only `tenantId` when given; invalid when it names no tenant). */
   verifyNetwork(tenantId: string | undefined, fix: boolean): Promise<TenantNetworkReport[]>;
+  /** `mvm node gc`: what lost its owner and surplus revisions; removed when `apply`. */
+  collectGarbage(options: GarbageOptions): Promise<Omit<GarbageReport, "items"> & { items: ReportedGarbageItem[] }>;
 
   /** The last `n` entries of a log (tenant "" is the node-level log), oldest first. */
   tailAudit(tenantId: string, n: number): Promise<AuditEntry[]>;

@@ -10,6 +10,7 @@ import { reservedTaps } from "../../core/reservations.js";
 import { invalid } from "../../core/errors.js";
 import { audited } from "../../core/use-cases/audit-trail.js";
 import { buildPool, listBuilds, rollbackPool } from "../../core/use-cases/builds.js";
+import { collectGarbage } from "../../core/use-cases/garbage.js";
 import { createInstance, getInstance, listInstances } from "../../core/use-cases/instances.js";
 import {
   destroyInstance,
@@ -145,6 +146,8 @@ export function localControlPlane(open: () => Promise<NodeRuntime>): ControlPlan
         brokenRecords: broken,
       };
     },
+
+    collectGarbage: async (options) => collectGarbage(await deps(), options),
 
     verifyNetwork: async (tenantId, fix) => {
       const runtime = await deps();

@@ -11,6 +11,7 @@ import { basename, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { CgroupKey, CgroupLimits, CgroupUsage, Cgroups } from "../../core/data-plane-ports.js";
 import { failedPrecondition, invalid, MvmError } from "../../core/errors.js";
+import { isValidId, isValidInstanceId } from "../../core/ids.js";
 import {
   V1_ACCOUNTING_CONTROLLER,
   V1_CPU_BURST_FILE,
@@ -355,7 +356,52 @@ export function createCgroups(options: CgroupsOptions = {}): Cgroups {
     };
   }
 
-  return { version, ensure, remove, usage, limits };
+  const bases = async (): Promise<string[]> => (version === 2 ? [root] : (await v1Hierarchies()).map((h) => h.base));
+
+  async function list(): Promise<CgroupKey[]> {
+    const found = new Map<string, CgroupKey>();
+    const children = async (dir: string) => ((await isDirectory(dir)) ? subdirectories(dir) : []);
+    for (const base of await bases()) {
+      const top = join(base, parent);
+      for (const tenantId of (await children(top)).filter((n) => isValidId(n))) {
+        for (const poolId of (await children(join(top, tenantId))).filter((n) => isValidId(n))) {
+          for (const instanceId of (await children(join(top, tenantId, poolId))).filter((n) => isValidInstanceId(n))) {
+            found.set(`${tenantId}/${poolId}/${instanceId}`, { tenantId, poolId, instanceId });
+          }
+        }
+      }
+    }
+    return [...found.values()];
+  }
+
+  async function processes(key: CgroupKey): Promise<number[]> {
+    cgroupSegments(parent, key);
+    const pids = new Set<number>();
+    for (const base of await bases()) for (const pid of await groupProcesses(leafOf(key, base))) pids.add(pid);
+    return [...pids].sort((a, b) => a - b);
+  }
+
+  async function killProcesses(key: CgroupKey, timeoutMs: number): Promise<number[]> {
+    const killed = new Set<number>();
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      // Read again each round: a process that forked before its KILL leaves a child in the group.
+      const left = await processes(key);
+      if (left.length === 0) return [...killed].sort((a, b) => a - b);
+      if (Date.now() >= deadline) throw failedPrecondition(`processes ${left.join(", ")} are still in the cgroups of ${key.tenantId}/${key.poolId}/${key.instanceId} after a KILL`);
+      for (const pid of left) {
+        try {
+          process.kill(pid, "SIGKILL");
+          killed.add(pid);
+        } catch (e) {
+          if (errorCode(e) !== "ESRCH") throw ioError("killing process", String(pid), e);
+        }
+      }
+      await sleep(REMOVE_POLL_MS);
+    }
+  }
+
+  return { version, ensure, remove, usage, limits, list, processes, killProcesses };
 }
 
 /**

@@ -14,6 +14,7 @@ import type {
   HostCompatibility,
   Network,
   OpenedSnapshot,
+  RevisionFiles,
   SnapshotMeta,
   SnapshotSealInfo,
   SnapshotStore,
@@ -31,6 +32,7 @@ import type {
 import { GUEST_HOOK_PATHS } from "../../core/data-plane-ports.js";
 import { MvmError } from "../../core/errors.js";
 import type { HypervisorKind } from "../../core/model.js";
+import { parseTapName } from "../../core/naming.js";
 
 export type FakeFailPoint =
   | "ensureTenant"
@@ -63,6 +65,33 @@ export class FakeDataPlane {
 
   private maybeFail(point: FakeFailPoint): void {
     if (this.failAt === point) throw new Error(`fake failure at ${point}`);
+  }
+
+  /** `<tenant>/<pool>` → revision → bytes its files would free: the revision directories "on disk". */
+  readonly revisions = new Map<string, Map<string, number>>();
+  /** revision → when its directory changed; 0 (long ago) when not set. */
+  readonly revisionChangedAtMs = new Map<string, number>();
+
+  revisionFiles(): RevisionFiles {
+    const plane = this;
+    return {
+      async list(tenantId: string, poolId: string) {
+        return [...(plane.revisions.get(`${tenantId}/${poolId}`) ?? [])].map(([revision, freedBytes]) => ({
+          revision,
+          freedBytes,
+          changedAtMs: plane.revisionChangedAtMs.get(revision) ?? 0,
+        }));
+      },
+      async remove(tenantId: string, poolId: string, revision: string) {
+        plane.revisions.get(`${tenantId}/${poolId}`)?.delete(revision);
+      },
+    };
+  }
+
+  /** pids of the fake VMMs launched into the instance's (fake) cgroup. */
+  processesIn(key: CgroupKey): number[] {
+    const procs = `/fake/cgroup/${key.tenantId}/${key.poolId}/${key.instanceId}/cgroup.procs`;
+    return [...this.processes].filter(([, spec]) => spec.cgroupProcsFiles.includes(procs)).map(([pid]) => pid);
   }
 
   /** Simulates a VMM killed from outside mvm. */
@@ -102,7 +131,7 @@ export class FakeDataPlane {
           bridgeName: plan.bridgeName,
           ok: plane.bridges.has(plan.bridgeName) && missing.length === 0,
           checks: [],
-          strayTaps: [],
+          strayTaps: [...plane.taps.keys()].filter((name) => parseTapName(name)?.netId === plan.netId && !expected.some((t) => t.name === name)),
           missingTaps: missing,
         };
       },
@@ -127,6 +156,20 @@ export class FakeDataPlane {
       },
       async limits(key: CgroupKey) {
         return plane.cgroups.get(id(key)) ?? null;
+      },
+      async list() {
+        return [...plane.cgroups.keys()].map((k) => {
+          const [tenantId, poolId, instanceId] = k.split("/") as [string, string, string];
+          return { tenantId, poolId, instanceId };
+        });
+      },
+      async processes(key: CgroupKey) {
+        return plane.processesIn(key);
+      },
+      async killProcesses(key: CgroupKey) {
+        const pids = plane.processesIn(key);
+        for (const pid of pids) plane.processes.delete(pid);
+        return pids;
       },
     };
   }
@@ -244,6 +287,10 @@ export class FakeDataPlane {
       },
       async readMeta(dir: string) {
         return plane.snapshotMetas.get(dir) ?? null;
+      },
+      async diskBytes(dir: string) {
+        const contents = [...plane.files].filter(([path]) => path.startsWith(`${dir}/`)).map(([, content]) => content.length);
+        return contents.length === 0 && !plane.snapshotMetas.has(dir) ? null : contents.reduce((a, b) => a + b, 0);
       },
       async open(dir: string, meta: SnapshotMeta): Promise<OpenedSnapshot> {
         const content = plane.files.get(`${dir}/${meta.memoryFile}`);

@@ -138,7 +138,15 @@ export class MemoryStore implements Store {
     entry.builds = [...entry.builds, copy(revision)].slice(-keep);
   }
 
-  async listInstances(tenantId: string, poolId: string): Promise<Instance[]> {
+  async removeBuilds(tenantId: string, poolId: string, revisions: readonly string[]): Promise<void> {
+    assertPoolIds(tenantId, poolId);
+    const entry = this.poolEntry(tenantId, poolId);
+    if (!entry) return;
+    const gone = new Set(revisions);
+    entry.builds = entry.builds.filter((b) => !gone.has(b.revision));
+  }
+
+    async listInstances(tenantId: string, poolId: string): Promise<Instance[]> {
     assertPoolIds(tenantId, poolId);
     const entry = this.poolEntry(tenantId, poolId);
     return entry ? sortedValues(entry.instances).map(copy) : [];

@@ -5,7 +5,7 @@
 // artifacts into a new revision directory (well under a second, no network). A revision directory is assembled in a
 // temporary directory and renamed into place: it is either complete or absent.
 
-import { chmod, copyFile, link, mkdir, mkdtemp, readFile, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, copyFile, link, mkdir, mkdtemp, readFile, readdir, rename, rm, stat, utimes, writeFile } from "node:fs/promises";
 import { constants as fsConstants } from "node:fs";
 import { join } from "node:path";
 import type { BuildProgressEvent, BuiltImage, ImageBuilder } from "../../core/data-plane-ports.js";
@@ -205,7 +205,12 @@ function artifact(a: BuildArtifact): BuildArtifact {
  */
 async function assembleRevision(revisionsDir: string, manifest: RevisionManifest, files: Record<string, string>): Promise<void> {
   const final = join(revisionsDir, manifest.revision);
-  if (await isCompleteRevision(final, manifest)) return;
+  if (await isCompleteRevision(final, manifest)) {
+    // Fresh again: garbage collection leaves a young revision to the build that is about to record it.
+    const now = new Date();
+    await utimes(final, now, now);
+    return;
+  }
   await mkdir(revisionsDir, { recursive: true });
   if (await stat(final).then(() => true, () => false)) {
     await rename(final, join(revisionsDir, `.damaged-${manifest.revision}-${Date.now()}`));

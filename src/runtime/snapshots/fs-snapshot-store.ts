@@ -129,6 +129,15 @@ export function createFsSnapshotStore(options: FsSnapshotStoreOptions = {}): Sna
       return { files: files(copy), release: () => unlinkIfPresent(copy) };
     },
 
+    async diskBytes(dir) {
+      const prefix = `.${basename(dir)}${SET_ASIDE_MARK}`;
+      const leftovers = (await readdir(dirname(dir)).catch(() => [] as string[])).filter((n) => n.startsWith(prefix));
+      const own = await treeBytes(dir);
+      // A set-aside copy left by a process that died before purging it goes with the next remove: counted here.
+      const aside = (await Promise.all(leftovers.map((n) => treeBytes(join(dirname(dir), n))))).reduce<number>((sum, b) => sum + (b ?? 0), 0);
+      return own === null && leftovers.length === 0 ? null : (own ?? 0) + aside;
+    },
+
     async remove(dir) {
       const aside = await setAside(dir);
       // Unlinking files as large as the guest's memory would cost the caller ~15 ms.
@@ -157,6 +166,24 @@ async function setAside(dir: string): Promise<SetAsideSnapshot> {
 
 function setAsideName(dir: string): string {
   return join(dirname(dir), `.${basename(dir)}${SET_ASIDE_MARK}${randomBytes(6).toString("hex")}`);
+}
+
+/** Allocated bytes of the files in `dir` and below; null when `dir` does not exist. */
+async function treeBytes(dir: string): Promise<number | null> {
+  let entries;
+  try {
+    entries = await readdir(dir, { withFileTypes: true });
+  } catch (e) {
+    if (errnoCode(e) === "ENOENT") return null;
+    throw e;
+  }
+  let total = 0;
+  for (const e of entries) {
+    const path = join(dir, e.name);
+    if (e.isDirectory()) total += (await treeBytes(path)) ?? 0;
+    else total += await stat(path).then((st) => st.blocks * 512, () => 0);
+  }
+  return total;
 }
 
 /** Deletes every set-aside copy of the snapshot directory `dir`. */

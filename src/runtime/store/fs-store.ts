@@ -252,6 +252,16 @@ export class FsStore implements Store {
     await this.writeRecord(this.path(...poolDirs(tenantId, poolId), FILES.builds), record);
   }
 
+  async removeBuilds(tenantId: string, poolId: string, revisions: readonly string[]): Promise<void> {
+    assertPoolIds(tenantId, poolId);
+    const history = await this.readBuildHistory(tenantId, poolId);
+    if (history === null) return;
+    const gone = new Set(revisions);
+    const builds = history.builds.filter((b) => !gone.has(b.revision));
+    if (builds.length === history.builds.length) return;
+    await this.writeRecord(this.path(...poolDirs(tenantId, poolId), FILES.builds), { ...history, builds });
+  }
+
   private async readBuildHistory(tenantId: string, poolId: string): Promise<BuildHistoryRecord | null> {
     const check: ShapeCheck = (v) => {
       const ids = idsMatch({ tenantId, poolId })(v);

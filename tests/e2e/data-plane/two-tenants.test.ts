@@ -2,7 +2,7 @@
 // namespace this test creates and deletes. Two tenants; two instances in A, one in B.
 
 import { execFileSync, spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { okJson, processGone } from "../../helpers/e2e-checks.js";
@@ -199,6 +199,42 @@ describe.skipIf(skipReason !== null)("data plane: real microVMs for two tenants"
     const next = ok(mvm("instance", "create", `${a.tenant}/web`, "-o", "json"));
     expect(next.net.guestIp).toBe(gone.net.guestIp);
   });
+
+  it("node gc finds what a crash during a start left (VMM, TAP, cgroup), removes it with --apply, and the instance starts again", () => {
+    const created = ok(mvm("instance", "create", `${a.tenant}/web`, "-o", "json"));
+    const path = `${a.tenant}/web/${created.instanceId}`;
+    const started = ok(mvm("instance", "start", path, "-o", "json"));
+    const pid: number = started.vmm.pid;
+    const cgroupDir = memoryCgroupDir(pid);
+    // What a kill -9 of the CLI after the VMM started, before its record said so, leaves: the old record.
+    const recordFile = join(data.path, "tenants", a.tenant, "pools", "web", "instances", created.instanceId, "instance.json");
+    const record = JSON.parse(readFileSync(recordFile, "utf8"));
+    writeFileSync(recordFile, JSON.stringify({ ...record, status: "created", vmm: null }), { mode: 0o600 });
+
+    const dry = ok(mvm("node", "gc", "-o", "json"));
+    expect(dry.items.map((i: { kind: string; name: string }) => `${i.kind} ${i.name}`)).toEqual([
+      `process pid ${pid}`,
+      `tap ${created.net.tapName}`,
+      `cgroup ${path}`,
+    ]);
+    expect(processGone(pid, 0)).toBe(false);
+
+    const applied = ok(mvm("node", "gc", "--apply", "-o", "json"));
+    expect(applied.items.map((i: { removed: boolean; error: string }) => [i.removed, i.error])).toEqual([
+      [true, ""],
+      [true, ""],
+      [true, ""],
+    ]);
+    expect(processGone(pid, 3_000)).toBe(true);
+    expect(inNetns(["ip", "link", "show", created.net.tapName]).status).not.toBe(0);
+    expect(existsSync(cgroupDir)).toBe(false);
+    expect(ok(mvm("node", "gc", "-o", "json")).items).toEqual([]);
+
+    const again = ok(mvm("instance", "start", path, "-o", "json"));
+    expect(again.status).toBe("running");
+    expect(inGuest(path, "true").code).toBe(0);
+    expect(mvm("instance", "destroy", path).code).toBe(0);
+  }, 240_000);
 
   it("mvm dev runs a command in a fresh microVM and destroys it afterwards", () => {
     const r = mvm("dev", "--", "sh", "-c", "echo dev-$(hostname); exit 4");

@@ -3,7 +3,7 @@
 // parent group named for this test process, removed in afterAll whatever happens.
 
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, readFileSync, readdirSync, rmdirSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmdirSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { isMvmError } from "../../../src/core/errors.js";
@@ -152,6 +152,37 @@ describe.skipIf(skipReason !== null)("cgroups adapter on the host's cgroupfs", (
     expect(counters().nr_bursts).toBeGreaterThan(0);
     expect(counters().nr_throttled).toBeGreaterThan(0);
     await cg.remove(k);
+  });
+
+  it("lists the instance groups under its parent, names the processes in one and kills them all, a forked child too", async () => {
+    const cg = createCgroups({ parent, removeWaitMs: 300 });
+    const other = { tenantId: "beta", poolId: "db", instanceId: "i-0000d00d" };
+    const { procsFiles } = await cg.ensure(key, cgroupLimitsFor({ vcpus: 1, memMib: 64 }));
+    await cg.ensure(other, cgroupLimitsFor({ vcpus: 1, memMib: 64 }));
+    // A group whose name is no instance ID is not mvm's and is not listed.
+    for (const h of hierarchies()) mkdirSync(join(h, parent, "acme", "web", "not-an-instance"), { recursive: true });
+    expect((await cg.list()).sort((a, b) => a.tenantId.localeCompare(b.tenantId))).toEqual([key, other]);
+
+    // A shell that forks a child, both inside the groups.
+    const script = 'for f; do echo $$ > "$f" || exit 9; done; sleep 30 & wait';
+    const child = spawn("/bin/sh", ["-c", script, "sh", ...procsFiles], { stdio: "ignore" });
+    children.push(child);
+    const deadline = Date.now() + 5000;
+    while ((await cg.processes(key)).length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    const pids = await cg.processes(key);
+    expect(pids).toHaveLength(2);
+    expect(pids).toContain(child.pid);
+    expect(await cg.processes(other)).toEqual([]);
+
+    expect(await cg.killProcesses(key, 5000)).toEqual(pids);
+    await exited(child);
+    expect(child.signalCode).toBe("SIGKILL");
+    expect(await cg.processes(key)).toEqual([]);
+    for (const pid of pids) expect(existsSync(`/proc/${pid}/cmdline`) && readFileSync(`/proc/${pid}/cmdline`, "utf8")).toBeFalsy();
+    for (const h of hierarchies()) rmdirSync(join(h, parent, "acme", "web", "not-an-instance"));
+    await cg.remove(key);
+    await cg.remove(other);
+    expect(await cg.list()).toEqual([]);
   });
 
   it("enforces the pids limit on processes in the group", async () => {

@@ -137,6 +137,7 @@ export function makeRuntime(dir: string, plane: FakeDataPlane, hub: WatchHub, au
     stopTimeoutMs: 1000,
     imageBuilder: builder,
     revisionsDir: (t, p) => join(dir, "tenants", t, "pools", p, "revisions"),
+    revisionFiles: plane.revisionFiles(),
     async close() {},
   };
 }

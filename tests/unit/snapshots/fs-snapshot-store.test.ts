@@ -142,6 +142,19 @@ describe("snapshot directory", () => {
     await (await store.setAside(dir)).purge();
   });
 
+  it("counts the bytes a snapshot directory takes, a set-aside copy left behind included; none when there is nothing", async () => {
+    expect(await store.diskBytes(join(root, "elsewhere"))).toBeNull();
+    expect(await store.diskBytes(dir)).toBe(0);
+    await writeFile(join(dir, "memory.mig"), randomBytes(256 * 1024));
+    expect(await store.diskBytes(dir)).toBeGreaterThanOrEqual(256 * 1024);
+    // What a process that died before purging would leave: counted, since the next remove deletes it.
+    await mkdir(join(root, ".snapshot.removing-0123456789ab"));
+    await writeFile(join(root, ".snapshot.removing-0123456789ab", "memory.mig"), randomBytes(128 * 1024));
+    expect(await store.diskBytes(dir)).toBeGreaterThanOrEqual(384 * 1024);
+    await store.remove(dir);
+    await expect.poll(() => store.diskBytes(dir)).toBeNull();
+  });
+
   it("refuses a meta file that names a path outside the directory", async () => {
     await writeFile(join(dir, "memory.mig"), "x");
     const meta = await store.seal(dir, { type: "full", memoryFile: join(dir, "memory.mig"), stateFile: null, baseMemoryFile: null }, await info("none"));

@@ -114,6 +114,18 @@ export function describeStoreContract(name: string, openStore: () => Promise<Sto
       expect(bad.violations[0]?.field).toBe("keep");
     });
 
+    it("drops named revisions from the build history, keeping the others in order; nothing to drop is no error", async () => {
+      const store = await openStore();
+      await store.putTenant(tenantRecord("acme"));
+      await store.putPool(poolRecord("acme", "web"));
+      await store.removeBuilds("acme", "web", ["r1"]);
+      for (let n = 1; n <= 4; n++) await store.appendBuild("acme", "web", buildRecord(`r${n}`), 5);
+      await store.removeBuilds("acme", "web", ["r3", "r1", "r9"]);
+      expect((await store.listBuilds("acme", "web")).map((b) => b.revision)).toEqual(["r2", "r4"]);
+      await store.removeBuilds("acme", "web", []);
+      expect((await store.listBuilds("acme", "web")).map((b) => b.revision)).toEqual(["r2", "r4"]);
+    });
+
     it("refuses invalid ids, naming the field", async () => {
       const store = await openStore();
       const cases: [() => Promise<unknown>, string][] = [
