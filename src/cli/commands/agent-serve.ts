@@ -13,6 +13,7 @@ import { createMetrics, type Metrics } from "../../platform/metrics.js";
 import { CertStore } from "../../platform/pki/cert-store.js";
 import { createAgentLogger } from "../../agent/agent-logger.js";
 import { DEFAULT_IDLE_INTERVAL_MS, startIdleLoop, type IdleLoop } from "../../agent/idle-loop.js";
+import { collectLeftovers } from "../../agent/leftover-collection.js";
 import { createProcHostMemory } from "../../runtime/host/proc-host-memory.js";
 import type { NodeRuntime } from "../../agent/node-runtime-types.js";
 import { buildAgentServer, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, type ListenAddress } from "../../agent/server.js";
@@ -127,6 +128,9 @@ export function registerAgentServeCommand<T extends GlobalOptions>(agentCommand:
         metrics.reconcileDuration.observe((report.finishedAtMs - report.startedAtMs) / 1000);
         for (const e of report.errors) metrics.reconcileErrors.inc({ kind: e.kind });
       });
+      // Before anything starts instances: what a killed agent or CLI left (a VMM whose record never said so, its TAP
+      // and cgroup, a snapshot no longer needed) would otherwise stay, and could stand in a new start's way.
+      await collectLeftovers(runtime, logger);
       if (desired !== undefined) await reconciler.apply(desired);
       const server = buildAgentServer({
         reconciler,
