@@ -1,11 +1,12 @@
 // Garbage collection (SPEC §11): what a crash, a kill -9 or a failure during cleanup left behind, and build revisions
 // beyond those kept. Each tenant is judged under its lock, against records read under that lock, so nothing an
-// operation is still working on is taken for garbage; what belongs to no tenant is judged under the node lock.
+// operation is still working on is taken for garbage.
 //
-// Found here: processes in the cgroup of an instance that holds no VMM, instance cgroups without an instance that
-// holds a reservation, TAPs on a tenant's bridge without such an instance, snapshots of instances that are not
-// sleeping, and revisions that are neither current, in use, nor among the newest kept. Bridges of unknown tenants,
-// Firecracker jail leftovers, stray files and the shared image cache are not looked at yet.
+// Found here: processes in the cgroup of an instance that holds no VMM, the cgroups of instances that hold no
+// reservation, TAPs on a tenant's bridge without an instance that holds one, snapshots of instances that are not
+// sleeping, and revisions that are neither current, in use, nor among the newest kept. Cgroups this data root has no
+// record of are not its own to judge (see groupRemovals). Bridges of deleted tenants, Firecracker jail leftovers,
+// stray files and the shared image cache are not looked at yet.
 
 import type { CgroupKey, RevisionFiles } from "../data-plane-ports.js";
 import { invalidField } from "../errors.js";
@@ -78,19 +79,6 @@ export async function collectGarbage(deps: GarbageDeps, options: GarbageOptions)
     const mine = groups.filter((g) => g.tenantId === tenant.tenantId);
     items.push(...(await deps.store.withTenantLock(tenant.tenantId, () => collectTenant(deps, tenant, mine, keepRevisions, options.apply))));
   }
-  const known = new Set(tenants.map((t) => t.tenantId));
-  const unowned = groups.filter((g) => !known.has(g.tenantId));
-  if (unowned.length > 0) {
-    items.push(
-      ...(await deps.store.withNodeLock(async () => {
-        // A tenant created since the listing owns its groups now; those are judged at the next collection.
-        const stillUnowned = [];
-        for (const g of unowned) if ((await deps.store.getTenant(g.tenantId)) === null) stillUnowned.push(g);
-        // Audited in the node's log: these tenants have no log any more.
-        return settle(deps, await groupRemovals(deps, stillUnowned, new Map()), options.apply, "node");
-      })),
-    );
-  }
   items.sort((a, b) => KIND_ORDER.indexOf(a.kind) - KIND_ORDER.indexOf(b.kind) || a.name.localeCompare(b.name));
   return { items, reclaimedBytes: items.reduce((sum, i) => sum + (i.removed ? i.sizeBytes : 0), 0), applied: options.apply };
 }
@@ -138,18 +126,21 @@ async function collectTenant(deps: GarbageDeps, tenant: Tenant, groups: CgroupKe
       });
     }
   }
-  return settle(deps, removals, apply, "tenant");
+  return settle(deps, removals, apply);
 }
 
 /**
- * Groups whose instance holds no reservation are garbage, and so are the processes in them; a group whose instance
- * runs is its own, processes included, whatever else is in it (refreshing an instance's health is another job).
+ * Groups of this data root's instances that hold no reservation are garbage, and so are the processes in them; a
+ * group whose instance runs is its own, processes included (refreshing an instance's health is another job). A group
+ * this data root has no instance record for is left alone: the cgroup parent may be shared with other data roots
+ * (test runs, several agents), whose tenants may bear the same names. Instance IDs are random, so a record is proof
+ * of ownership; a crash leaves the record (an instance is created before it starts and deleted after its VMM ends).
  */
 async function groupRemovals(deps: GarbageDeps, groups: CgroupKey[], byKey: Map<string, Instance>): Promise<Removal[]> {
   const removals: Removal[] = [];
   for (const key of groups) {
     const owner = byKey.get(keyName(key));
-    if (owner !== undefined && holdsVmm(owner)) continue;
+    if (owner === undefined || holdsVmm(owner)) continue;
     const ownerRef = { tenantId: key.tenantId, poolId: key.poolId, instanceId: key.instanceId };
     const pids = await deps.cgroups.processes(key);
     if (pids.length > 0) {
@@ -159,7 +150,7 @@ async function groupRemovals(deps: GarbageDeps, groups: CgroupKey[], byKey: Map<
         removals.push({ item: item("process", `pid ${pid}`, ownerRef, 0), remove: async () => void (await (killing ??= deps.cgroups.killProcesses(key, KILL_WAIT_MS))) });
       }
     }
-    if (owner === undefined || !holdsReservations(owner)) {
+    if (!holdsReservations(owner)) {
       removals.push({ item: item("cgroup", keyName(key), ownerRef, 0), remove: () => deps.cgroups.remove(key) });
     }
   }
@@ -175,7 +166,7 @@ function ownerOf(instance: Instance): GarbageOwner {
 }
 
 /** In kind order (processes before the groups and TAPs they hold), each removal on its own, each one audited. */
-async function settle(deps: GarbageDeps, removals: Removal[], apply: boolean, log: "tenant" | "node"): Promise<GarbageItem[]> {
+async function settle(deps: GarbageDeps, removals: Removal[], apply: boolean): Promise<GarbageItem[]> {
   if (!apply) return removals.map((r) => r.item);
   const ordered = [...removals].sort((a, b) => KIND_ORDER.indexOf(a.item.kind) - KIND_ORDER.indexOf(b.item.kind));
   for (const r of ordered) {
@@ -188,7 +179,7 @@ async function settle(deps: GarbageDeps, removals: Removal[], apply: boolean, lo
     }
     const { owner } = r.item;
     await deps.audit?.append({
-      tenantId: log === "tenant" ? owner.tenantId : "",
+      tenantId: owner.tenantId,
       actor: deps.actor ?? LOCAL_ACTOR,
       action: "garbage_collect",
       target: [owner.tenantId, owner.poolId, owner.instanceId].filter((s) => s !== undefined).join("/"),

@@ -231,10 +231,12 @@ describe("NodeService", () => {
   it("collects garbage: lists what lost its owner, removes it only when asked, and audits each removal", async () => {
     const refs = await twoTenants();
     await build("acme");
+    const before = (await h.runtime.store.getInstance("acme", "web", refs.acme.instanceId))!;
     await h.client(InstanceService, "admin").startInstance({ instance: refs.acme });
     const lost = (await h.runtime.store.getInstance("acme", "web", refs.acme.instanceId))!;
-    // What a kill -9 between the VMM's start and the record's write would leave: a VMM, a TAP and a group, no record.
-    await h.runtime.store.deleteInstance("acme", "web", lost.instanceId);
+    // What a kill -9 between the VMM's start and the record's write would leave: a VMM, a TAP and a group, and the
+    // record as it was before the start.
+    await h.runtime.store.putInstance(before);
     const node = h.client(NodeService, "admin");
 
     const dry = await node.collectGarbage({});

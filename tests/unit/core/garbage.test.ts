@@ -41,6 +41,15 @@ async function running(): Promise<Instance> {
   return startInstance(deps, keyOf(created));
 }
 
+/** Starts an instance, then puts its record back as it was before the start: what a kill -9 between the VMM's start
+ * and the record's write leaves (a VMM, its TAP and cgroup, and a record that claims none of them). */
+async function startedThenRolledBack(): Promise<Instance> {
+  const created = await createInstance(deps, { tenantId: "acme", poolId: "web" });
+  const started = await startInstance(deps, keyOf(created));
+  await deps.store.putInstance(created);
+  return started;
+}
+
 const collected = (report: { items: { kind: string; name: string }[] }) => report.items.map((i) => `${i.kind} ${i.name}`);
 
 describe("collectGarbage", () => {
@@ -59,9 +68,8 @@ describe("collectGarbage", () => {
     expect(audit.filter((a) => a.action === "garbage_collect")).toEqual([]);
   });
 
-  it("lists what a crash left of an instance whose record is gone (VMM, TAP, cgroup) and, in a dry run, removes none of it", async () => {
-    const lost = await running();
-    await deps.store.deleteInstance("acme", "web", lost.instanceId);
+  it("lists what a crash left of a start its record never saw (VMM, TAP, cgroup) and, in a dry run, removes none of it", async () => {
+    const lost = await startedThenRolledBack();
     const pid = lost.vmm!.pid;
 
     const report = await collectGarbage(deps, { apply: false });
@@ -78,8 +86,7 @@ describe("collectGarbage", () => {
 
   it("with apply kills the process first, then removes TAP and group, and audits each removal in the tenant's log", async () => {
     const kept = await running();
-    const lost = await running();
-    await deps.store.deleteInstance("acme", "web", lost.instanceId);
+    const lost = await startedThenRolledBack();
 
     const report = await collectGarbage(deps, { apply: true });
     expect(report.items.map((i) => [i.kind, i.removed, i.error])).toEqual([
@@ -168,19 +175,22 @@ describe("collectGarbage", () => {
     expect(collected(report)).toEqual(["revision /data/acme/web/revisions/bbbb0002"]);
   });
 
-  it("takes a tenant's groups for garbage once the tenant is gone, and audits them in the node's log", async () => {
-    const group = { tenantId: "gone", poolId: "web", instanceId: "i-0000abcd" };
-    await deps.cgroups.ensure(group, { memoryBytes: 1, cpuQuotaUs: 1, cpuPeriodUs: 1, cpuBurstUs: 0, pidsMax: 1 });
+  it("leaves groups this data root has no record of, with their processes: another data root may share the parent", async () => {
+    const foreign = await running();
+    // The same tenant and pool names in another data root: its instance is no record of this one.
+    await deps.store.deleteInstance("acme", "web", foreign.instanceId);
+    await deps.cgroups.ensure({ tenantId: "gone", poolId: "web", instanceId: "i-0000abcd" }, deps.cgroupLimits((await deps.store.getPool("acme", "web"))!));
 
     const report = await collectGarbage(deps, { apply: true });
-    expect(collected(report)).toEqual(["cgroup gone/web/i-0000abcd"]);
-    expect(report.items[0]!.removed).toBe(true);
-    expect(audit.filter((a) => a.action === "garbage_collect").map((a) => [a.tenantId, a.target])).toEqual([["", "gone/web/i-0000abcd"]]);
+    // A network namespace, unlike the cgroup parent, belongs to one data root: a TAP named for this tenant's net ID
+    // that no instance here holds is this node's stray.
+    expect(collected(report)).toEqual([`tap ${foreign.net.tapName}`]);
+    expect(plane.processes.has(foreign.vmm!.pid)).toBe(true);
+    expect(plane.cgroups.has("gone/web/i-0000abcd")).toBe(true);
   });
 
   it("reports a removal that fails with its reason and goes on with the others", async () => {
-    const lost = await running();
-    await deps.store.deleteInstance("acme", "web", lost.instanceId);
+    await startedThenRolledBack();
     deps = {
       ...deps,
       cgroups: { ...deps.cgroups, remove: async () => Promise.reject(new Error("Device or resource busy")) },
