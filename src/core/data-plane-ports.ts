@@ -318,8 +318,12 @@ export interface Volumes {
   createRootCopy(baseImage: string, copyPath: string): Promise<void>;
   /** ext4 data disk, created once; an existing one is kept as it is. */
   ensureDataDisk(path: string, sizeMib: number): Promise<void>;
-  /** Small ext4 image holding `files` (relative path → content), 0600 inside; rebuilt at every start and wake. */
-  buildSecretsDisk(path: string, files: Record<string, string>): Promise<void>;
+  /**
+   * Small ext4 image holding `files` (relative path → content), 0600 inside; rebuilt at every start and wake, one
+   * fixed size that holds the largest secret set a tenant may have. `keepSize` (a wake) keeps the size of the disk
+   * already there, which the restored guest still expects; content that does not fit it is refused.
+   */
+  buildSecretsDisk(path: string, files: Record<string, string | Uint8Array>, options?: { keepSize?: boolean }): Promise<void>;
   /** Moves a data disk out of an instance that is being destroyed (`--keep-volumes`); a missing disk is no error. */
   preserveDataDisk(path: string, destination: string): Promise<void>;
 }

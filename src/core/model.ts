@@ -53,6 +53,8 @@ export interface Tenant {
   /** OpenSSH-format ed25519 public key; the private key lives beside the record, 0600. */
   sshPublicKey: string;
   secretsEpoch: number;
+  /** Hash of the tenant's secret set (Store.putTenantSecrets); absent or "" when it has none. */
+  secretsHash?: string;
   labels: Record<string, string>;
   createdAt: Timestamp;
   updatedAt: Timestamp;

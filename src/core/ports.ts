@@ -3,6 +3,7 @@
 
 import type { DesiredState } from "./desired-state.js";
 import type { BuildRevision, Instance, NodeRecord, Tenant, Timestamp, WorkerPool } from "./model.js";
+import type { SecretFiles } from "./tenant-secrets.js";
 
 /** A record file that could not be parsed and was moved aside (renamed to `<name>.broken`). */
 export interface BrokenRecord {
@@ -29,6 +30,14 @@ export interface Store {
   putTenant(tenant: Tenant): Promise<void>;
   /** Removes the tenant directory and everything under it. */
   deleteTenant(tenantId: string): Promise<void>;
+
+  /** The tenant's secret files (none when it has no set). */
+  getTenantSecrets(tenantId: string): Promise<SecretFiles>;
+  /**
+   * Replaces the tenant's secret set atomically (0600; an empty set is kept as such) and returns its hash: lowercase
+   * hex SHA-256 over each file in name order as name, NUL, decimal length, NUL, content; "" for an empty set.
+   */
+  putTenantSecrets(tenantId: string, files: SecretFiles): Promise<string>;
 
   /** The tenant's SSH key pair: private key written 0600, public key 0644, both atomically. */
   putTenantSshKey(tenantId: string, key: SshKeyPair): Promise<void>;

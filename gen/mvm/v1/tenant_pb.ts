@@ -175,8 +175,9 @@ export type Tenant = Message<"mvm.v1.Tenant"> & {
   secretsEpoch: bigint;
 
   /**
-   * Lowercase hex SHA-256 of the tenant's current secret set (file names and contents), empty when the tenant has
-   * no secrets. Lets a coordinator compare without reading secrets. Output only.
+   * Lowercase hex SHA-256 of the tenant's current secret set, empty when the tenant has no secrets: over each file in
+   * byte order of names, its name, a NUL byte, its length in decimal, a NUL byte and its contents. Lets a
+   * coordinator compare without reading secrets. Output only.
    *
    * @generated from field: string secrets_hash = 7;
    */

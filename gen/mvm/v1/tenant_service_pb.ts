@@ -333,8 +333,8 @@ export const DeleteTenantResponseSchema: GenMessage<DeleteTenantResponse> = /*@_
  */
 export type SecretFiles = Message<"mvm.v1.SecretFiles"> & {
   /**
-   * File name → contents. Names are 1–255 characters of [A-Za-z0-9._-], not `.` or `..`. At most 1 MiB in total.
-   * Never logged, never returned.
+   * File name → contents. Names are 1–255 characters of [A-Za-z0-9._-], not `.` or `..`. At most 256 files and
+   * 1 MiB in total. Each guest finds them under `user-secrets/` on its secrets disk. Never logged, never returned.
    *
    * @generated from field: map<string, bytes> files = 1;
    */

@@ -57,8 +57,7 @@ export function tenantToProto(t: Tenant): ProtoTenant {
     network: create(TenantNetworkSchema, { ...t.network }),
     sshPublicKey: t.sshPublicKey,
     secretsEpoch: BigInt(t.secretsEpoch),
-    // The node keeps no secret set yet (TenantService.RotateSecrets is not available), so there is nothing to hash.
-    secretsHash: "",
+    secretsHash: t.secretsHash ?? "",
     labels: { ...t.labels },
     createdAt: isoToTimestamp(t.createdAt),
     updatedAt: isoToTimestamp(t.updatedAt),
@@ -74,6 +73,7 @@ export function tenantFromProto(t: ProtoTenant): Tenant {
     network: { netId: network.netId, ipv4Subnet: network.ipv4Subnet, gatewayIp: network.gatewayIp, bridgeName: network.bridgeName },
     sshPublicKey: t.sshPublicKey,
     secretsEpoch: Number(t.secretsEpoch),
+    ...(t.secretsHash !== "" ? { secretsHash: t.secretsHash } : {}),
     labels: { ...t.labels },
     createdAt: requiredTimestampToIso(t.createdAt),
     updatedAt: requiredTimestampToIso(t.updatedAt),

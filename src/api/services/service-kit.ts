@@ -57,8 +57,3 @@ export class ServiceKit {
     return this.idempotency.run(`${call.caller.id}\u0000${call.rpc}`, requestId, fingerprint, work);
   }
 }
-
-/** The error an RPC returns for a part of the contract this node cannot serve yet, naming what is missing. */
-export function notAvailable(what: string, why: string): ConnectError {
-  return new ConnectError(`${what} is not available on this node yet: ${why}`, Code.Unimplemented);
-}

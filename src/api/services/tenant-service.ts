@@ -4,7 +4,7 @@ import type { ServiceImpl } from "@connectrpc/connect";
 import { invalid, type FieldViolation } from "../../core/errors.js";
 import { DEFAULT_QUOTA, type Tenant, type TenantQuota } from "../../core/model.js";
 import { destroyInstance, tenantNetworkPlan } from "../../core/use-cases/lifecycle.js";
-import { createTenant, destroyTenant, getTenant, listTenants, updateTenant, type UpdateTenantInput } from "../../core/use-cases/tenants.js";
+import { createTenant, destroyTenant, getTenant, listTenants, rotateSecrets, updateTenant, type UpdateTenantInput } from "../../core/use-cases/tenants.js";
 import {
   CreateTenantRequestSchema,
   DeleteTenantRequestSchema,
@@ -17,7 +17,7 @@ import type { ApiRuntime } from "../api-deps.js";
 import { networkInputFromProto, QUOTA_FIELDS, quotaPatchFromProto, tenantToProto } from "../convert/tenant.js";
 import { filterKeyOf, paginate } from "../paging.js";
 import { callInfo, isOperator } from "../policy.js";
-import { notAvailable, type ServiceKit } from "./service-kit.js";
+import type { ServiceKit } from "./service-kit.js";
 
 function snakeCase(s: string): string {
   return s.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
@@ -129,11 +129,8 @@ export function tenantService(kit: ServiceKit): ServiceImpl<typeof TenantService
     async rotateSecrets(req, context) {
       const call = callInfo(context);
       return kit.once(call, RotateSecretsRequestSchema, req, req.requestId, async () => {
-        await getTenant(kit.runtimeFor(call), req.tenantId);
-        throw notAvailable(
-          "TenantService.RotateSecrets",
-          "the node has no tenant secret store; a secrets disk holds only the tenant's SSH key and the instance identity",
-        );
+        const files = req.secrets === undefined ? undefined : { ...req.secrets.files };
+        return { tenant: tenantToProto(await rotateSecrets(kit.runtimeFor(call), { tenantId: req.tenantId, ...(files === undefined ? {} : { files }) })) };
       });
     },
   };

@@ -223,6 +223,12 @@ export function agentControlPlane(connection: AgentConnection): ControlPlaneClie
       return tenantFromProto(res.tenant);
     },
 
+    async rotateSecrets(tenantId, files) {
+      const res = await rpc(() => tenants.rotateSecrets({ tenantId, ...(files === undefined ? {} : { secrets: { files } }) }));
+      if (!res.tenant) throw new MvmError("internal", `agent at ${target}: RotateSecrets answered without a tenant`);
+      return tenantFromProto(res.tenant);
+    },
+
     async destroyTenant(tenantId, force) {
       await rpc(() => tenants.deleteTenant({ tenantId, force }));
     },

@@ -5,6 +5,7 @@
 import type { BuildProgressEvent, TenantNetworkReport } from "../../core/data-plane-ports.js";
 import type { BuildRevision, DesiredCounts, Instance, Tenant, WorkerPool } from "../../core/model.js";
 import type { AuditEntry } from "../../core/observability-ports.js";
+import type { SecretFiles } from "../../core/tenant-secrets.js";
 import type { ReportedGarbageItem } from "../../api/convert/garbage.js";
 import type { GarbageOptions, GarbageReport } from "../../core/use-cases/garbage.js";
 import type { InstanceFilter, InstanceKey } from "../../core/use-cases/instances.js";
@@ -57,6 +58,8 @@ export interface ControlPlaneClient {
   getTenant(tenantId: string): Promise<Tenant>;
   listTenants(): Promise<Tenant[]>;
   updateTenant(input: UpdateTenantInput): Promise<Tenant>;
+  /** A new secrets epoch; `files` replaces the secret set (absent: kept). */
+  rotateSecrets(tenantId: string, files: SecretFiles | undefined): Promise<Tenant>;
   /** With `force`, its pools and instances go first (microVMs stopped). */
   destroyTenant(tenantId: string, force: boolean): Promise<void>;
 

@@ -25,7 +25,7 @@ import {
 import { createPool, getPool, listPools, scalePool, updatePool } from "../../core/use-cases/pools.js";
 import { resumeInstance, sleepInstance, wakeInstance, warmInstance } from "../../core/use-cases/sleep-wake.js";
 import { destroyPoolCompletely, destroyTenantCompletely } from "../../core/use-cases/teardown.js";
-import { createTenant, getTenant, listTenants, updateTenant } from "../../core/use-cases/tenants.js";
+import { createTenant, getTenant, listTenants, rotateSecrets, updateTenant } from "../../core/use-cases/tenants.js";
 import { FsAuditLog } from "../../runtime/audit/fs-audit-log.js";
 import { readHostFacts } from "../../runtime/host/host-facts.js";
 import type { ControlPlaneClient } from "./control-plane-client.js";
@@ -61,6 +61,7 @@ export function localControlPlane(open: () => Promise<NodeRuntime>): ControlPlan
     getTenant: async (tenantId) => getTenant(await deps(), tenantId),
     listTenants: async () => listTenants(await deps()),
     updateTenant: async (input) => updateTenant(await deps(), input),
+    rotateSecrets: async (tenantId, files) => rotateSecrets(await deps(), { tenantId, ...(files === undefined ? {} : { files }) }),
     destroyTenant: async (tenantId, force) => {
       await destroyTenantCompletely(await deps(), tenantId, force);
     },

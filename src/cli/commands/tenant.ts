@@ -1,5 +1,9 @@
+import { readdir, readFile } from "node:fs/promises";
+import { join } from "node:path";
 import type { Argv } from "yargs";
+import { invalid } from "../../core/errors.js";
 import type { Tenant, TenantQuota } from "../../core/model.js";
+import { secretFilesViolations, type SecretFiles } from "../../core/tenant-secrets.js";
 import { withControlPlane, withControlPlaneOptions } from "../backend/choose-control-plane.js";
 import type { CliContext, GlobalOptions } from "../context.js";
 import { renderList, renderRecord, type Column } from "../output.js";
@@ -118,6 +122,39 @@ export function registerTenantCommands(yargs: Argv<GlobalOptions>, ctx: CliConte
           ctx.warn(`destroyed tenant ${args.tenant}\n`);
         },
       )
-      .demandCommand(1, "tenant: a subcommand is required (create, list, info, update, destroy)"),
+      .command(
+        "rotate-secrets [tenant]",
+        "new secrets epoch: each start and wake then builds a fresh secrets disk (files under user-secrets/ in the guest)",
+        (c) =>
+          requiredPositional(c, "tenant", "tenant ID")
+            .option("from-dir", { type: "string", describe: "replace the secret set with the regular files in DIR (name = file name)" })
+            .option("clear", { type: "boolean", default: false, describe: "replace the secret set with an empty one" }),
+        async (args) => {
+          if (args["from-dir"] !== undefined && args.clear) {
+            throw invalid([{ field: "--clear", rule: "cannot be combined with --from-dir" }]);
+          }
+          const files = args.clear ? {} : args["from-dir"] === undefined ? undefined : await readSecretDir(args["from-dir"]);
+          const tenant = await withControlPlane(ctx, args, (cp) => cp.rotateSecrets(args.tenant, files));
+          ctx.write(renderRecord(tenant, args.output));
+        },
+      )
+      .demandCommand(1, "tenant: a subcommand is required (create, list, info, update, rotate-secrets, destroy)"),
   );
+}
+
+/** The secret set in `dir`: its regular files, read before anything is sent; anything else there is refused. */
+async function readSecretDir(dir: string): Promise<SecretFiles> {
+  let entries;
+  try {
+    entries = await readdir(dir, { withFileTypes: true });
+  } catch (e) {
+    throw invalid([{ field: "--from-dir", rule: `must be a readable directory (${(e as Error).message})` }]);
+  }
+  const others = entries.filter((e) => !e.isFile()).map((e) => e.name);
+  if (others.length > 0) throw invalid([{ field: "--from-dir", rule: `must hold regular files only, not ${others.join(", ")}` }]);
+  const files: SecretFiles = {};
+  for (const e of entries) files[e.name] = new Uint8Array(await readFile(join(dir, e.name)));
+  const violations = secretFilesViolations(files, "--from-dir");
+  if (violations.length > 0) throw invalid(violations);
+  return files;
 }

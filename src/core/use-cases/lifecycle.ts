@@ -9,6 +9,7 @@ import type { Condition, HypervisorKind, Instance, Tenant, WorkerPool } from "..
 import { assertQuota, computeUsage } from "../quota.js";
 import { planTransition } from "../state-machine.js";
 import { netmask } from "../subnet.js";
+import type { SecretFiles } from "../tenant-secrets.js";
 import type {
   CgroupKey,
   CgroupLimits,
@@ -151,8 +152,15 @@ export function withRollbackFailures(error: unknown, failures: string[]): unknow
   return error instanceof MvmError ? new MvmError(error.kind, message, error.violations, { cause: error }) : new Error(message, { cause: error });
 }
 
-export function secretsFiles(tenant: Tenant, pool: WorkerPool, instance: Instance, revision: string): Record<string, string> {
+export function secretsFiles(
+  tenant: Tenant,
+  pool: WorkerPool,
+  instance: Instance,
+  revision: string,
+  userSecrets: SecretFiles = {},
+): Record<string, string | Uint8Array> {
   return {
+    ...Object.fromEntries(Object.entries(userSecrets).map(([name, content]) => [`user-secrets/${name}`, content])),
     authorized_keys: `${tenant.sshPublicKey}\n`,
     "identity.json": `${JSON.stringify({
       instance_id: instance.instanceId,
@@ -294,7 +302,11 @@ export async function instanceDisks(
     await deps.volumes.ensureDataDisk(files.dataPlaceholder, 0);
     disks.push({ role: "data", path: files.dataPlaceholder, format: "raw", readOnly: true });
   }
-  await deps.volumes.buildSecretsDisk(files.secretsDisk, secretsFiles(tenant, pool, instance, revision));
+  const userSecrets = await deps.store.getTenantSecrets(tenant.tenantId);
+  await deps.volumes.buildSecretsDisk(files.secretsDisk, secretsFiles(tenant, pool, instance, revision, userSecrets), {
+    // The guest keeps the capacity it saw at boot across a restore.
+    keepSize: launch.root === "keep",
+  });
   disks.push({ role: "secrets", path: files.secretsDisk, format: "raw", readOnly: true });
   return disks;
 }

@@ -3,6 +3,7 @@
 
 import { alreadyExists, failedPrecondition, invalid, notFound, type FieldViolation } from "../errors.js";
 import { idViolations } from "../ids.js";
+import { secretFilesViolations, type SecretFiles } from "../tenant-secrets.js";
 import { DEFAULT_QUOTA, SCHEMA_VERSION, type Tenant, type TenantNetwork, type TenantQuota } from "../model.js";
 import { bridgeName, NET_ID_MAX, netIdViolations } from "../naming.js";
 import {
@@ -189,6 +190,37 @@ export async function updateTenant(deps: RecordDeps, input: UpdateTenantInput): 
         return updated;
       }),
     );
+  });
+}
+
+export interface RotateSecretsInput {
+  tenantId: string;
+  /** The new secret set, replacing the old one entirely; absent: the same set, a new epoch (fresh secrets disks). */
+  files?: SecretFiles;
+}
+
+/**
+ * A new secrets epoch, with a new secret set when given. Running instances keep the disk they have; each start and
+ * wake builds a fresh one from the set in force, and the guest's wake hook mounts it again. The set is written
+ * before the tenant record: a crash in between leaves the new set under the old epoch and hash, which the next
+ * rotation (a retry) puts right.
+ */
+export async function rotateSecrets(deps: RecordDeps, input: RotateSecretsInput): Promise<Tenant> {
+  const files = input.files;
+  const details: Record<string, string> = files === undefined ? { secrets: "kept" } : { secrets: "replaced", files: String(Object.keys(files).length) };
+  return audited(deps, { tenantId: input.tenantId, action: "tenant_secrets_rotate", target: input.tenantId, details }, async () => {
+    const violations = [...idViolations(input.tenantId, "tenant_id"), ...(files === undefined ? [] : secretFilesViolations(files, "secrets.files"))];
+    if (violations.length > 0) throw invalid(violations);
+    return deps.store.withTenantLock(input.tenantId, async () => {
+      const tenant = await deps.store.getTenant(input.tenantId);
+      if (!tenant) throw notFound(`tenant ${input.tenantId}`);
+      const secretsHash = files === undefined ? (tenant.secretsHash ?? "") : await deps.store.putTenantSecrets(tenant.tenantId, files);
+      // No hash at all for an empty set, as for a tenant that never had one.
+      const { secretsHash: _previous, ...rest } = tenant;
+      const rotated: Tenant = { ...rest, secretsEpoch: tenant.secretsEpoch + 1, ...(secretsHash === "" ? {} : { secretsHash }), updatedAt: timestamp(deps.clock) };
+      await deps.store.putTenant(rotated);
+      return rotated;
+    });
   });
 }
 

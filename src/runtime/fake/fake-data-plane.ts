@@ -189,9 +189,9 @@ export class FakeDataPlane {
         plane.maybeFail("ensureDataDisk");
         if (!plane.files.has(path)) plane.files.set(path, `data ${sizeMib} MiB`);
       },
-      async buildSecretsDisk(path: string, files: Record<string, string>) {
+      async buildSecretsDisk(path: string, files: Record<string, string | Uint8Array>) {
         plane.maybeFail("buildSecretsDisk");
-        plane.files.set(path, JSON.stringify(files));
+        plane.files.set(path, JSON.stringify(Object.fromEntries(Object.entries(files).map(([name, c]) => [name, typeof c === "string" ? c : Buffer.from(c).toString()]))));
       },
       async preserveDataDisk(path: string, destination: string) {
         const content = plane.files.get(path);

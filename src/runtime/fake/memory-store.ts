@@ -11,7 +11,9 @@ import { assertId, assertInstanceId } from "../../core/ids.js";
 import { SCHEMA_VERSION } from "../../core/model.js";
 import type { BuildRevision, Instance, NodeRecord, Tenant, WorkerPool } from "../../core/model.js";
 import type { AppliedDesiredState, BrokenRecord, Clock, Ids, SshKeyPair, Store } from "../../core/ports.js";
+import type { SecretFiles } from "../../core/tenant-secrets.js";
 import { lockOrderViolation, sameLockKey } from "../store/lock-order.js";
+import { secretSetHash } from "../store/secret-set-hash.js";
 import type { StoreLockKey } from "../store/lock-order.js";
 
 export interface MemoryStoreOptions {
@@ -30,6 +32,7 @@ interface PoolEntry {
 interface TenantEntry {
   tenant: Tenant | null;
   sshKey: SshKeyPair | null;
+  secrets: SecretFiles;
   pools: Map<string, PoolEntry>;
 }
 
@@ -85,6 +88,20 @@ export class MemoryStore implements Store {
   async putTenantSshKey(tenantId: string, key: SshKeyPair): Promise<void> {
     assertId(tenantId, "tenant_id");
     this.tenantEntry(tenantId).sshKey = copy(key);
+  }
+
+  async getTenantSecrets(tenantId: string): Promise<SecretFiles> {
+    assertId(tenantId, "tenant_id");
+    const files = this.tenants.get(tenantId)?.secrets ?? {};
+    return Object.fromEntries(Object.entries(files).map(([name, content]) => [name, new Uint8Array(content)]));
+  }
+
+  async putTenantSecrets(tenantId: string, files: SecretFiles): Promise<string> {
+    assertId(tenantId, "tenant_id");
+    const entry = this.tenants.get(tenantId);
+    if (!entry?.tenant) throw notFound(`tenant ${tenantId}`);
+    entry.secrets = Object.fromEntries(Object.entries(files).map(([name, content]) => [name, new Uint8Array(content)]));
+    return secretSetHash(files);
   }
 
   /** The key pair last stored for `tenantId` (FsStore has files at tenantSshKeyPaths instead). */
@@ -223,7 +240,7 @@ export class MemoryStore implements Store {
   private tenantEntry(tenantId: string): TenantEntry {
     let entry = this.tenants.get(tenantId);
     if (!entry) {
-      entry = { tenant: null, sshKey: null, pools: new Map() };
+      entry = { tenant: null, sshKey: null, secrets: {}, pools: new Map() };
       this.tenants.set(tenantId, entry);
     }
     return entry;

@@ -2,7 +2,7 @@
 //   node.json
 //   desired-state.json                                  (the last applied desired state, SPEC §9)
 //   locks/{node.lock, tenant-<t>.lock}
-//   tenants/<t>/{tenant.json, ssh/{id_ed25519, id_ed25519.pub}}
+//   tenants/<t>/{tenant.json, secrets.json, ssh/{id_ed25519, id_ed25519.pub}}
 //   tenants/<t>/pools/<p>/{pool.json, builds.json}
 //   tenants/<t>/pools/<p>/instances/<i>/instance.json   (plus run/, volumes/, snapshot/ owned by the instance)
 // Directories are 0700, record files 0600. Every record is written with writeFileAtomic, carries schemaVersion, and a
@@ -20,6 +20,7 @@ import { assertId, assertInstanceId, isValidId, isValidInstanceId } from "../../
 import { SCHEMA_VERSION } from "../../core/model.js";
 import type { BuildRevision, Instance, NodeRecord, Tenant, WorkerPool } from "../../core/model.js";
 import type { AppliedDesiredState, BrokenRecord, Clock, Ids, SshKeyPair, Store } from "../../core/ports.js";
+import type { SecretFiles } from "../../core/tenant-secrets.js";
 import {
   createFileExclusive,
   readJsonRecord,
@@ -33,6 +34,7 @@ import { lockOrderViolation } from "./lock-order.js";
 import type { StoreLockKey } from "./lock-order.js";
 import { errnoCode } from "./process-identity.js";
 import { RecordCache } from "./record-cache.js";
+import { secretSetHash } from "./secret-set-hash.js";
 
 export interface FsStoreOptions {
   /** Called once for each record moved aside as `*.broken`. Default: nothing (they stay listed by brokenRecords). */
@@ -70,7 +72,15 @@ const FILES = {
   instance: "instance.json",
   sshPrivate: "id_ed25519",
   sshPublic: "id_ed25519.pub",
+  secrets: "secrets.json",
 } as const;
+
+/** secrets.json: a tenant's secret set, contents base64. 0600 like every record; never logged, never returned. */
+interface SecretsRecord {
+  schemaVersion: number;
+  tenantId: string;
+  files: Record<string, string>;
+}
 
 /** builds.json: the build history of a pool, oldest first, wrapped so that it carries schemaVersion and its IDs. */
 interface BuildHistoryRecord {
@@ -198,6 +208,29 @@ export class FsStore implements Store {
     // OpenSSH refuses a private key file without its final newline.
     await writeFileAtomic(paths.privateKey, withFinalNewline(key.privateKey), { mode: RECORD_MODE });
     await writeFileAtomic(paths.publicKey, withFinalNewline(key.publicKey), { mode: PUBLIC_KEY_MODE });
+  }
+
+  async getTenantSecrets(tenantId: string): Promise<SecretFiles> {
+    assertId(tenantId, "tenant_id");
+    const check: ShapeCheck = (v) => {
+      const ids = idsMatch({ tenantId })(v);
+      if (ids !== null) return ids;
+      const files = v.files;
+      if (typeof files !== "object" || files === null || Array.isArray(files)) return "files is not a map";
+      const bad = Object.entries(files).find(([, content]) => typeof content !== "string");
+      return bad ? `files[${JSON.stringify(bad[0])}] is not base64 text` : null;
+    };
+    const record = await this.readRecordIn<SecretsRecord>(["tenants", tenantId], FILES.secrets, check);
+    return Object.fromEntries(Object.entries(record?.files ?? {}).map(([name, content]) => [name, new Uint8Array(Buffer.from(content, "base64"))]));
+  }
+
+  async putTenantSecrets(tenantId: string, files: SecretFiles): Promise<string> {
+    assertId(tenantId, "tenant_id");
+    await this.requireRecord(["tenants", tenantId], FILES.tenant, `tenant ${tenantId}`);
+    const encoded = Object.fromEntries(Object.entries(files).map(([name, content]) => [name, Buffer.from(content).toString("base64")]));
+    const record: SecretsRecord = { schemaVersion: SCHEMA_VERSION, tenantId, files: encoded };
+    await this.writeRecord(this.path("tenants", tenantId, FILES.secrets), record);
+    return secretSetHash(files);
   }
 
   tenantSshKeyPaths(tenantId: string): { privateKey: string; publicKey: string } {

@@ -8,13 +8,14 @@ import { mkdir, readFile, rename, rm, stat, truncate, writeFile, chmod, open } f
 import { dirname } from "node:path";
 import { execa } from "execa";
 import type { Volumes } from "../../core/data-plane-ports.js";
+import { MvmError } from "../../core/errors.js";
 import { buildExt4Image, Ext4ImageError, type Ext4Image } from "./ext4-image.js";
 
 const COMMAND_TIMEOUT_MS = 120_000;
 /** Blank stand-in for a missing data disk, so the secrets disk keeps its device slot. */
 const PLACEHOLDER_BYTES = 1024 * 1024;
-/** Room for ext4's own metadata on top of the secrets' bytes. */
-const SECRETS_DISK_BASE_BYTES = 2 * 1024 * 1024;
+/** Holds the largest secret set (1 MiB in at most 256 files, tenant-secrets.ts) beside the host's own files. */
+export const SECRETS_DISK_BYTES = 5 * 1024 * 1024;
 
 async function exists(path: string): Promise<boolean> {
   try {
@@ -120,14 +121,17 @@ export function createLinuxVolumes(): Volumes {
       }
     },
 
-    async buildSecretsDisk(path, files) {
+    async buildSecretsDisk(path, files, options = {}) {
       // Built in memory (ext4-image.ts): no staging directory, no mkfs process, no journal to write on the path a
       // start or wake waits for.
-      let bytes = 0;
-      for (const content of Object.values(files)) bytes += Buffer.byteLength(content) + 4096;
-      // Whole MiB: a wake rebuilds the disk under a guest that keeps the capacity it saw at boot, so small changes
-      // in content (a longer secrets epoch) must not change the size.
-      const sizeBytes = Math.ceil((SECRETS_DISK_BASE_BYTES + bytes) / (1024 * 1024)) * 1024 * 1024;
+      // One size for every start, large enough for the largest secret set: a set rotated while the instance sleeps
+      // must still fit the disk its guest saw at boot. A wake keeps the size of the disk already there (older
+      // versions sized it by content). The file is sparse: the size costs no space.
+      let sizeBytes = SECRETS_DISK_BYTES;
+      if (options.keepSize) {
+        const existing = await stat(path).catch(() => null);
+        if (existing !== null) sizeBytes = existing.size;
+      }
       let image: Ext4Image;
       try {
         image = buildExt4Image({
@@ -142,7 +146,12 @@ export function createLinuxVolumes(): Volumes {
           hashSeed: randomBytes(16),
         });
       } catch (e) {
-        if (e instanceof Ext4ImageError) throw new Error(`secrets disk: ${e.message}`);
+        if (e instanceof Ext4ImageError) {
+          if (options.keepSize) {
+            throw new MvmError("failed_precondition", `secrets disk: the secrets no longer fit the ${sizeBytes}-byte disk this instance booted with (${e.message}): stop it and start it again`);
+          }
+          throw new Error(`secrets disk: ${e.message}`);
+        }
         throw e;
       }
       await mkdir(dirname(path), { recursive: true, mode: 0o700 });

@@ -4,7 +4,7 @@
 // must fail cleanly and leave the instance sleeping with its snapshot; a guest whose wake hook fails runs on.
 
 import { execFileSync, spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { existsSync, openSync, readFileSync, readSync, statSync, writeSync, closeSync } from "node:fs";
+import { existsSync, mkdirSync, openSync, readFileSync, readSync, statSync, writeFileSync, writeSync, closeSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { GuestHook } from "../../../src/core/data-plane-ports.js";
@@ -190,6 +190,33 @@ describe.skipIf(skipReason !== null)("sleep and wake of a real microVM", () => {
     const after = counter();
     expect(after.pid).toBe(before.pid);
     expect(after.value).toBeGreaterThan(before.value);
+  }, 180_000);
+
+  it("secrets rotated while the instance sleeps are in the guest when it wakes; a running guest keeps its disk", () => {
+    const secrets = join(data.path, "secret-files");
+    mkdirSync(secrets);
+    writeFileSync(join(secrets, "token"), "one\n");
+    const first = ok(mvm("tenant", "rotate-secrets", TENANT, "--from-dir", secrets, "-o", "json"));
+    expect(first.secretsEpoch).toBe(1);
+    expect(first.secretsHash).toMatch(/^[0-9a-f]{64}$/);
+    // The disk a running guest has was built at its start or wake.
+    expect(inGuest("ls /run/mvm/secrets/user-secrets 2>&1 || true")).toMatch(/No such file/);
+
+    const before = counter();
+    sleepAndCheck("none");
+    writeFileSync(join(secrets, "token"), "two\n");
+    writeFileSync(join(secrets, "api-key"), "k-123\n");
+    const second = ok(mvm("tenant", "rotate-secrets", TENANT, "--from-dir", secrets, "-o", "json"));
+    expect(second.secretsEpoch).toBe(2);
+    expect(second.secretsHash).not.toBe(first.secretsHash);
+    expect(ok(mvm("instance", "wake", path, "-o", "json")).status).toBe("running");
+    expect(inGuest("cat /run/mvm/secrets/user-secrets/token /run/mvm/secrets/user-secrets/api-key")).toBe("two\nk-123");
+    expect(inGuest("stat -c %a /run/mvm/secrets/user-secrets/token")).toBe("600");
+    expect(JSON.parse(inGuest("cat /run/mvm/secrets/identity.json")).secrets_epoch).toBe(2);
+    expect(counter().pid).toBe(before.pid);
+    // Nothing of the secrets in the audit trail or the tenant's record.
+    expect(readFileSync(join(data.path, "tenants", TENANT, "tenant.json"), "utf8")).not.toContain("k-123");
+    expect(mvm("audit", "tail", TENANT, "-o", "json").stdout).not.toContain("k-123");
   }, 180_000);
 
   it("refuses a corrupted snapshot with a clear error and stays sleeping with the snapshot intact", () => {

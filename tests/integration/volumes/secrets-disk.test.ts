@@ -2,12 +2,16 @@
 // debugfs must see every file with its bytes and mode. The guest's own mount of it is covered by the e2e boots.
 
 import { execFileSync, spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { truncate } from "node:fs/promises";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { buildExt4Image, Ext4ImageError, type Ext4ImageOptions } from "../../../src/runtime/volumes/ext4-image.js";
-import { createLinuxVolumes } from "../../../src/runtime/volumes/linux-volumes.js";
+import { isMvmError } from "../../../src/core/errors.js";
+import { MAX_SECRET_BYTES, MAX_SECRET_FILES } from "../../../src/core/tenant-secrets.js";
+import { createLinuxVolumes, SECRETS_DISK_BYTES } from "../../../src/runtime/volumes/linux-volumes.js";
 import { seededRandom } from "../../helpers/seeded-random.js";
 
 const dir = mkdtempSync(join(tmpdir(), "mvm-secrets-disk-"));
@@ -19,8 +23,8 @@ function fsck(image: string): { status: number; output: string } {
   return { status: r.status ?? -1, output: `${r.stdout}${r.stderr}` };
 }
 
-function debugfs(image: string, request: string): string {
-  return execFileSync("debugfs", ["-R", request, image], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] });
+function debugfs(image: string, request: string, encoding: BufferEncoding = "utf8"): string {
+  return execFileSync("debugfs", ["-R", request, image], { encoding, stdio: ["ignore", "pipe", "ignore"] });
 }
 
 /** Every regular file under `root`, relative path → { content, mode }. */
@@ -63,8 +67,9 @@ describe("buildSecretsDisk", () => {
     await volumes.buildSecretsDisk(path, files);
 
     expect(fsck(path)).toMatchObject({ status: 0 });
-    // 2 MiB of room plus each file's bytes and a block for it, in whole MiB.
-    expect(statSync(path).size).toBe(3 * 1024 * 1024);
+    // One fixed size, sparse.
+    expect(statSync(path).size).toBe(SECRETS_DISK_BYTES);
+    expect(statSync(path).blocks * 512).toBeLessThan(256 * 1024);
     expect(statSync(path).mode & 0o777).toBe(0o600);
     const header = execFileSync("dumpe2fs", ["-h", path], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] });
     expect(header).toMatch(/Filesystem volume name:\s+secrets\n/);
@@ -77,19 +82,35 @@ describe("buildSecretsDisk", () => {
     expect(readdirSync(join(dir, "instance", "run"))).toEqual(["secrets.ext4"]);
   });
 
-  it("keeps the size across small changes of content, and replaces the disk it rebuilds", async () => {
+  it("holds the largest secret set a tenant may have (256 files, 1 MiB) at its fixed size, and replaces the disk it rebuilds", async () => {
     const volumes = createLinuxVolumes();
-    const path = join(dir, "resize", "secrets.ext4");
+    const path = join(dir, "largest", "secrets.ext4");
     await volumes.buildSecretsDisk(path, { "identity.json": '{"secrets_epoch":1}' });
-    const first = statSync(path);
-    await volumes.buildSecretsDisk(path, { "identity.json": '{"secrets_epoch":123456}' });
-    expect(statSync(path).size).toBe(first.size);
-    expect(debugfs(path, "cat /identity.json")).toBe('{"secrets_epoch":123456}');
-    expect(first.size).toBe(3 * 1024 * 1024);
-    // More content takes the next whole MiB.
-    await volumes.buildSecretsDisk(path, { big: "x".repeat(1536 * 1024) });
-    expect(statSync(path).size).toBe(4 * 1024 * 1024);
+    const largest: Record<string, Uint8Array> = { authorized_keys: "ssh-ed25519 AAAA k\n".repeat(20), "identity.json": "{}".padEnd(400, " ") } as never;
+    for (let i = 0; i < MAX_SECRET_FILES; i++) largest[`user-secrets/${"s".repeat(200)}-${i}`] = randomBytes(MAX_SECRET_BYTES / MAX_SECRET_FILES);
+    await volumes.buildSecretsDisk(path, largest);
+    expect(statSync(path).size).toBe(SECRETS_DISK_BYTES);
     expect(fsck(path).status).toBe(0);
+    expect(Buffer.from(debugfs(path, `cat /user-secrets/${"s".repeat(200)}-255`, "latin1"), "latin1")).toEqual(Buffer.from(largest[`user-secrets/${"s".repeat(200)}-255`]!));
+  });
+
+  it("keeps the size of the disk already there on a wake, and refuses content that no longer fits it", async () => {
+    const volumes = createLinuxVolumes();
+    const path = join(dir, "kept", "secrets.ext4");
+    // A disk as an older version sized it for a guest that is now asleep.
+    await volumes.buildSecretsDisk(path, { "identity.json": "{}" });
+    await truncate(path, 3 * 1024 * 1024);
+    await volumes.buildSecretsDisk(path, { "identity.json": '{"secrets_epoch":2}' }, { keepSize: true });
+    expect(statSync(path).size).toBe(3 * 1024 * 1024);
+    expect(fsck(path).status).toBe(0);
+    expect(debugfs(path, "cat /identity.json")).toBe('{"secrets_epoch":2}');
+    const refused = await volumes.buildSecretsDisk(path, { big: randomBytes(3 * 1024 * 1024) }, { keepSize: true }).catch((e: unknown) => e);
+    expect(isMvmError(refused) && refused.kind).toBe("failed_precondition");
+    expect((refused as Error).message).toMatch(/no longer fit the 3145728-byte disk this instance booted with/);
+    expect(debugfs(path, "cat /identity.json")).toBe('{"secrets_epoch":2}');
+    // Without a disk there (a first wake of an instance whose disk was removed), the standard size.
+    await volumes.buildSecretsDisk(join(dir, "kept", "none.ext4"), { "identity.json": "{}" }, { keepSize: true });
+    expect(statSync(join(dir, "kept", "none.ext4")).size).toBe(SECRETS_DISK_BYTES);
   });
 
   it("refuses a name that leaves the disk, and leaves no file behind", async () => {

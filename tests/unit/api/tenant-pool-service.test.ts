@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { FieldMaskSchema } from "@bufbuild/protobuf/wkt";
 import { Code } from "@connectrpc/connect";
@@ -102,12 +103,32 @@ describe("TenantService", () => {
     await expectCode(admin.listTenants({ pageToken: first.nextPageToken, labels: { tier: "gold" } }), Code.InvalidArgument);
   });
 
-  it("answers RotateSecrets with Unimplemented after checking the tenant", async () => {
+  it("rotates a tenant's secrets: a new epoch, the set's hash, the files on the next secrets disk; contents never audited", async () => {
     const admin = h.client(TenantService, "admin");
     await expectCode(admin.rotateSecrets({ tenantId: "ghost" }), Code.NotFound);
     await admin.createTenant({ tenantId: "acme" });
-    const error = await expectCode(admin.rotateSecrets({ tenantId: "acme" }), Code.Unimplemented);
-    expect(error.rawMessage).toMatch(/RotateSecrets is not available/);
+    const password = new TextEncoder().encode("hunter2");
+    const rotated = (await admin.rotateSecrets({ tenantId: "acme", secrets: { files: { "db-password": password } } })).tenant!;
+    expect(rotated.secretsEpoch).toBe(1n);
+    // name NUL length NUL content, for each file in name order.
+    const expected = createHash("sha256").update("db-password\u00007\u0000").update(password).digest("hex");
+    expect(rotated.secretsHash).toBe(expected);
+    expect((await admin.getTenant({ tenantId: "acme" })).tenant?.secretsHash).toBe(expected);
+    expect(await h.runtime.store.getTenantSecrets("acme")).toEqual({ "db-password": password });
+
+    // Without a set: the same secrets, a new epoch.
+    const again = (await admin.rotateSecrets({ tenantId: "acme" })).tenant!;
+    expect([again.secretsEpoch, again.secretsHash]).toEqual([2n, expected]);
+    const entries = (await h.audit.tail("acme", 10)).filter((e) => e.action === "tenant_secrets_rotate");
+    expect(entries.map((e) => e.details)).toEqual([expect.objectContaining({ secrets: "replaced", files: "1" }), expect.objectContaining({ secrets: "kept" })]);
+    expect(JSON.stringify(entries)).not.toContain("hunter2");
+
+    const bad = await expectCode(admin.rotateSecrets({ tenantId: "acme", secrets: { files: { "../x": password } } }), Code.InvalidArgument);
+    expect(bad.findDetails(BadRequestDetailSchema)[0]?.fieldViolations.map((v) => v.field)).toEqual(['secrets.files["../x"]']);
+    await expectCode(h.client(TenantService, "tenant/acme").rotateSecrets({ tenantId: "acme" }), Code.PermissionDenied);
+
+    const emptied = (await admin.rotateSecrets({ tenantId: "acme", secrets: { files: {} } })).tenant!;
+    expect([emptied.secretsEpoch, emptied.secretsHash]).toEqual([3n, ""]);
   });
 });
 

@@ -1,5 +1,6 @@
 // Behaviour every Store adapter must show, run against FsStore and MemoryStore alike so the fake stays honest.
 
+import { createHash } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { MvmError } from "../../../src/core/errors.js";
 import { SCHEMA_VERSION } from "../../../src/core/model.js";
@@ -112,6 +113,25 @@ export function describeStoreContract(name: string, openStore: () => Promise<Sto
       const bad = await rejection(store.appendBuild("acme", "web", buildRecord("r7"), 0));
       expect(bad.kind).toBe("invalid");
       expect(bad.violations[0]?.field).toBe("keep");
+    });
+
+    it("keeps a tenant's secret set (binary contents), hashes it, and deletes it with the tenant", async () => {
+      const store = await openStore();
+      expect((await rejection(store.putTenantSecrets("acme", {}))).kind).toBe("not_found");
+      await store.putTenant(tenantRecord("acme"));
+      expect(await store.getTenantSecrets("acme")).toEqual({});
+      const files = { b: new Uint8Array([0, 255, 10]), a: new TextEncoder().encode("x") };
+      const hash = await store.putTenantSecrets("acme", files);
+      // a, then b: name NUL length NUL content.
+      const expected = createHash("sha256").update("a\u00001\u0000x").update("b\u00003\u0000").update(new Uint8Array([0, 255, 10])).digest("hex");
+      expect(hash).toBe(expected);
+      expect(await store.getTenantSecrets("acme")).toEqual(files);
+      expect(await store.putTenantSecrets("acme", {})).toBe("");
+      expect(await store.getTenantSecrets("acme")).toEqual({});
+      await store.putTenantSecrets("acme", files);
+      await store.deleteTenant("acme");
+      await store.putTenant(tenantRecord("acme"));
+      expect(await store.getTenantSecrets("acme")).toEqual({});
     });
 
     it("drops named revisions from the build history, keeping the others in order; nothing to drop is no error", async () => {
