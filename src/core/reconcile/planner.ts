@@ -140,6 +140,17 @@ export function planReconcile(desired: DesiredState, observed: ObservedNode, opt
     const field = `tenants[${ti}]`;
     const target = { tenantId: dt.tenantId };
     const found = observedTenants.get(dt.tenantId);
+    // Secrets never travel in desired state: a set other than the expected one can only be reported.
+    const held = found?.tenant.secretsHash ?? "";
+    if (dt.secretsHash !== "" && dt.secretsHash !== held) {
+      planError({
+        target,
+        field: `${field}.secrets_hash`,
+        kind: "failed_precondition",
+        message: `tenant ${dt.tenantId} holds ${held === "" ? "no secret set" : `secret set ${held}`}, not ${dt.secretsHash}: rotate its secrets (TenantService.RotateSecrets, mvm tenant rotate-secrets)`,
+        retryable: true,
+      });
+    }
     if (!found) {
       const net = dt.network ? `network ${dt.network.ipv4Subnet} (net_id ${dt.network.netId})` : "network allocated on this node";
       steps.push({ kind: "create_tenant", target, field, reason: `tenant is in the desired state but not on this node; ${net}`, tenant: dt });

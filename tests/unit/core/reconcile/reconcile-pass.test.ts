@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import fc from "fast-check";
 import { beforeEach, describe, expect, it } from "vitest";
 import { isMvmError, MvmError } from "../../../../src/core/errors.js";
@@ -10,7 +11,7 @@ import { ReconcileController } from "../../../../src/core/use-cases/reconcile.js
 import { resumeInstance, sleepInstance, warmInstance } from "../../../../src/core/use-cases/sleep-wake.js";
 import { runIdlePolicy } from "../../../../src/core/use-cases/idle.js";
 import { idledFrom } from "../../../../src/core/idle-mark.js";
-import { createTenant } from "../../../../src/core/use-cases/tenants.js";
+import { createTenant, rotateSecrets } from "../../../../src/core/use-cases/tenants.js";
 import { reconcileFixture, type ReconcileFixture } from "./reconcile-test-deps.js";
 
 let f: ReconcileFixture;
@@ -30,7 +31,10 @@ interface PoolDoc {
   suite?: string;
 }
 
-function doc(tenants: Array<{ id: string; pools: PoolDoc[]; labels?: Record<string, string>; quotas?: object; network?: object }>, extra: object = {}) {
+function doc(
+  tenants: Array<{ id: string; pools: PoolDoc[]; labels?: Record<string, string>; quotas?: object; network?: object; secretsHash?: string }>,
+  extra: object = {},
+) {
   return {
     schema_version: 1,
     node_id: f.nodeId,
@@ -39,6 +43,7 @@ function doc(tenants: Array<{ id: string; pools: PoolDoc[]; labels?: Record<stri
       ...(t.labels ? { labels: t.labels } : {}),
       ...(t.quotas ? { quotas: t.quotas } : {}),
       ...(t.network ? { network: t.network } : {}),
+      ...(t.secretsHash ? { secrets_hash: t.secretsHash } : {}),
       pools: t.pools.map((p) => ({
         pool_id: p.id,
         image: { debian: { suite: p.suite ?? "bookworm" } },
@@ -176,6 +181,21 @@ describe("a reconcile pass", () => {
     expect(report.errors).toEqual([expect.objectContaining({ field: "tenants[0].network", kind: "failed_precondition" })]);
     expect(report.errors[0]!.message).toMatch(/network cannot change .* while the tenant has pools/);
     expect((await f.store.getTenant("acme"))!.network.netId).toBe(7);
+  });
+
+  it("reports a tenant whose secret set is not the expected one, and converges once the secrets are rotated to it", async () => {
+    const secret = { token: new TextEncoder().encode("s3cret") };
+    const expected = createHash("sha256").update("token\u00006\u0000").update(secret.token).digest("hex");
+    const first = await applyAndRun(doc([{ id: "acme", secretsHash: expected, pools: [] }]));
+    expect(first.converged).toBe(false);
+    expect(first.errors).toEqual([expect.objectContaining({ field: "tenants[0].secrets_hash", kind: "failed_precondition", retryable: true })]);
+    expect(first.errors[0]!.message).toMatch(/holds no secret set, not [0-9a-f]{64}: rotate its secrets/);
+    // The tenant itself is created all the same.
+    expect(await f.store.getTenant("acme")).not.toBeNull();
+    await rotateSecrets(f.deps, { tenantId: "acme", files: secret });
+    const second = await controller.reconcile("periodic");
+    expect(second.errors).toEqual([]);
+    expect(second.converged).toBe(true);
   });
 
   it("never creates instances for a pool that has no built revision: NotBuilt instead, retried with backoff", async () => {
