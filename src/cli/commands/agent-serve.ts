@@ -14,6 +14,9 @@ import { CertStore } from "../../platform/pki/cert-store.js";
 import { createAgentLogger } from "../../agent/agent-logger.js";
 import { DEFAULT_IDLE_INTERVAL_MS, startIdleLoop, type IdleLoop } from "../../agent/idle-loop.js";
 import { collectLeftovers } from "../../agent/leftover-collection.js";
+import { startMetadataServer, type MetadataServer } from "../../agent/metadata-server.js";
+import { listenInNetns } from "../../runtime/metadata/netns-listener.js";
+import { loadTokenSigner } from "../../runtime/metadata/token-signer.js";
 import { createProcHostMemory } from "../../runtime/host/proc-host-memory.js";
 import type { NodeRuntime } from "../../agent/node-runtime-types.js";
 import { buildAgentServer, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN, type ListenAddress } from "../../agent/server.js";
@@ -149,8 +152,20 @@ export function registerAgentServeCommand<T extends GlobalOptions>(agentCommand:
       process.once("SIGTERM", signalled);
       process.once("SIGINT", signalled);
       let reconcileLoop: ReconcileLoop | null = null;
+      let metadata: MetadataServer | null = null;
       try {
         const addresses = await server.start();
+        const netns = runtime.network.netns;
+        if (netns === null) {
+          logger.warn("metadata endpoint not served: the data plane runs in the root namespace (give it one with --netns)");
+        } else {
+          metadata = startMetadataServer({
+            deps: { store: runtime.store, clock: runtime.clock, signer: await loadTokenSigner(join(dataRoot, "metadata")) },
+            nodeId: (await runtime.store.node()).nodeId,
+            listen: () => listenInNetns(netns, "0.0.0.0", runtime.metadataPort),
+            logger,
+          });
+        }
         if (idleIntervalMs > 0) {
           idleLoop = startIdleLoop(runtime, { intervalMs: idleIntervalMs, hostMemory: createProcHostMemory(), logger, metrics });
         }
@@ -165,6 +180,7 @@ export function registerAgentServeCommand<T extends GlobalOptions>(agentCommand:
         process.off("SIGINT", signalled);
         await reconcileLoop?.stop();
         await idleLoop?.stop();
+        await metadata?.close();
         await server.stop();
         await runtime.close();
       }

@@ -3,6 +3,7 @@
 // is warmed and later put to sleep, a guest spinning its CPU is left running, and a pinned pool is never touched;
 // a guest that did not answer its wake hook is asked again by the agent until it answers.
 
+import { verify } from "node:crypto";
 import { execFileSync, spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -220,5 +221,21 @@ describe.skipIf(skipReason !== null)("idle policy on real microVMs", () => {
     expect(sample(text, "mvm_wake_hook_retries_total", { pool: "fixed", result: "unanswered" })).toBeGreaterThanOrEqual(1);
     expect(sample(text, "mvm_wake_hook_retries_total", { pool: "fixed", result: "answered" })).toBe(1);
   }, 240_000);
+
+  it("serves the metadata endpoint: the guest learns who it is and gets a token the node's key verifies; the start collected leftovers", () => {
+    const [, , pinnedId] = paths.pinned.split("/");
+    const fetch = (path: string) => mvm("instance", "exec", paths.pinned, "--", "busybox", "wget", "-qO-", `http://10.212.7.1:8169${path}`);
+    const identity = fetch("/v1/identity");
+    expect(identity.code, identity.stderr).toBe(0);
+    expect(JSON.parse(identity.stdout)).toMatchObject({ tenant_id: TENANT, pool_id: "fixed", instance_id: pinnedId, gateway_ip: "10.212.7.1" });
+    const token = fetch("/v1/token");
+    expect(token.code, token.stderr).toBe(0);
+    const [header, payload, signature] = JSON.parse(token.stdout).token.split(".");
+    expect(JSON.parse(Buffer.from(payload, "base64url").toString()).sub).toBe(paths.pinned);
+    const publicKey = readFileSync(join(data.path, "metadata", "token-signing-key.pub.pem"), "utf8");
+    expect(verify(null, Buffer.from(`${header}.${payload}`), publicKey, Buffer.from(signature, "base64url"))).toBe(true);
+    expect(agentOutput).toContain("metadata endpoint serving");
+    expect(agentOutput).toContain("leftover collection done");
+  }, 60_000);
 });
 
