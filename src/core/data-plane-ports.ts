@@ -257,6 +257,10 @@ export interface Network {
   /** Bytes through the TAP since it was created; null when it does not exist. */
   tapCounters(tapName: string): Promise<{ rxBytes: number; txBytes: number } | null>;
   verify(plan: TenantNetworkPlan, expectedTaps: readonly TapPlan[], fix: boolean): Promise<TenantNetworkReport>;
+  /** The net IDs that bridges and TAPs named the way mvm names them carry in the namespace, whoever owns them. */
+  netIdsPresent(): Promise<number[]>;
+  /** Removes what a tenant with that net ID left: its TAPs, its bridge and its nftables entries. Idempotent. */
+  removeNetIdLeftovers(netId: number): Promise<void>;
 }
 
 // ── cgroups ───────────────────────────────────────────────────────────────────────────────────────────────────────

@@ -10,6 +10,7 @@ const TO_PROTO: Readonly<Record<DomainGarbageKind, GarbageKind>> = {
   process: GarbageKind.PROCESS,
   tap: GarbageKind.TAP,
   cgroup: GarbageKind.CGROUP,
+  bridge: GarbageKind.BRIDGE,
   snapshot: GarbageKind.SNAPSHOT,
   revision: GarbageKind.REVISION,
 };

@@ -5,17 +5,18 @@
 // Found here: processes in the cgroup of an instance that holds no VMM, the cgroups of instances that hold no
 // reservation, TAPs on a tenant's bridge without an instance that holds one, snapshots of instances that are not
 // sleeping, and revisions that are neither current, in use, nor among the newest kept. Cgroups this data root has no
-// record of are not its own to judge (see groupRemovals). Bridges of deleted tenants, Firecracker jail leftovers,
-// stray files and the shared image cache are not looked at yet.
+// record of are not its own to judge (see groupRemovals). Bridges of net IDs no tenant holds are, with their TAPs and
+// nftables entries. Firecracker jail leftovers, stray files and the shared image cache are not looked at yet.
 
 import type { CgroupKey, RevisionFiles } from "../data-plane-ports.js";
 import { invalidField } from "../errors.js";
 import type { Instance, Tenant } from "../model.js";
+import { bridgeName } from "../naming.js";
 import { holdsReservations, holdsVmm, reservedTaps } from "../reservations.js";
 import { instanceFiles, tenantNetworkPlan, type DataPlaneDeps } from "./lifecycle.js";
 import { LOCAL_ACTOR } from "./audit-trail.js";
 
-export type GarbageKind = "process" | "tap" | "cgroup" | "snapshot" | "revision";
+export type GarbageKind = "process" | "tap" | "cgroup" | "bridge" | "snapshot" | "revision";
 
 export interface GarbageOwner {
   tenantId: string;
@@ -59,7 +60,7 @@ export const DEFAULT_KEEP_REVISIONS = 20;
 export const FRESH_REVISION_MS = 10 * 60_000;
 /** How long the processes of a cgroup have to go after their KILL. */
 const KILL_WAIT_MS = 5_000;
-const KIND_ORDER: readonly GarbageKind[] = ["process", "tap", "cgroup", "snapshot", "revision"];
+const KIND_ORDER: readonly GarbageKind[] = ["process", "tap", "cgroup", "bridge", "snapshot", "revision"];
 
 const keyName = (k: CgroupKey) => `${k.tenantId}/${k.poolId}/${k.instanceId}`;
 
@@ -79,6 +80,19 @@ export async function collectGarbage(deps: GarbageDeps, options: GarbageOptions)
     const mine = groups.filter((g) => g.tenantId === tenant.tenantId);
     items.push(...(await deps.store.withTenantLock(tenant.tenantId, () => collectTenant(deps, tenant, mine, keepRevisions, options.apply))));
   }
+  // Bridges (with their TAPs and nftables entries) of net IDs no tenant holds: a tenant's deletion that died half
+  // way. Judged under the node lock, which tenant creation and deletion take. The namespace is this data root's.
+  items.push(
+    ...(await deps.store.withNodeLock(async () => {
+      const held = new Set((await deps.store.listTenants()).map((t) => t.network.netId));
+      const stray = (await deps.network.netIdsPresent()).filter((id) => !held.has(id));
+      return settle(
+        deps,
+        stray.map((netId) => ({ item: item("bridge", bridgeName(netId), { tenantId: "" }, 0), remove: () => deps.network.removeNetIdLeftovers(netId) })),
+        options.apply,
+      );
+    })),
+  );
   items.sort((a, b) => KIND_ORDER.indexOf(a.kind) - KIND_ORDER.indexOf(b.kind) || a.name.localeCompare(b.name));
   return { items, reclaimedBytes: items.reduce((sum, i) => sum + (i.removed ? i.sizeBytes : 0), 0), applied: options.apply };
 }
@@ -182,7 +196,8 @@ async function settle(deps: GarbageDeps, removals: Removal[], apply: boolean): P
       tenantId: owner.tenantId,
       actor: deps.actor ?? LOCAL_ACTOR,
       action: "garbage_collect",
-      target: [owner.tenantId, owner.poolId, owner.instanceId].filter((s) => s !== undefined).join("/"),
+      // A node-level item (tenant "") goes to the node's log, named by itself.
+      target: owner.tenantId === "" ? r.item.name : [owner.tenantId, owner.poolId, owner.instanceId].filter((s) => s !== undefined).join("/"),
       outcome: r.item.removed ? "success" : "failure",
       reason: r.item.error,
       details: { kind: r.item.kind, name: r.item.name, size_bytes: String(r.item.sizeBytes) },

@@ -32,7 +32,7 @@ import type {
 import { GUEST_HOOK_PATHS } from "../../core/data-plane-ports.js";
 import { MvmError } from "../../core/errors.js";
 import type { HypervisorKind } from "../../core/model.js";
-import { parseTapName } from "../../core/naming.js";
+import { bridgeName, parseBridgeName, parseTapName } from "../../core/naming.js";
 
 export type FakeFailPoint =
   | "ensureTenant"
@@ -123,6 +123,14 @@ export class FakeDataPlane {
       },
       async tapCounters(tapName: string) {
         return plane.taps.has(tapName) ? { rxBytes: 0, txBytes: 0 } : null;
+      },
+      async netIdsPresent() {
+        const ids = [...plane.bridges].map(parseBridgeName).concat([...plane.taps.keys()].map((t) => parseTapName(t)?.netId ?? null));
+        return [...new Set(ids.filter((id): id is number => id !== null))].sort((a, b) => a - b);
+      },
+      async removeNetIdLeftovers(netId: number) {
+        plane.bridges.delete(bridgeName(netId));
+        for (const tap of [...plane.taps.keys()]) if (parseTapName(tap)?.netId === netId) plane.taps.delete(tap);
       },
       async verify(plan: TenantNetworkPlan, expected: readonly TapPlan[]): Promise<TenantNetworkReport> {
         const missing = expected.filter((t) => !plane.taps.has(t.name)).map((t) => t.name);

@@ -120,7 +120,7 @@ export function tenantInetChains(plan: TenantNetworkPlan): NftChain[] {
   return [r.forwardOut, r.forwardIn, r.input, r.nat];
 }
 
-export function tenantInetDispatch(plan: TenantNetworkPlan): NftDispatch[] {
+export function tenantInetDispatch(plan: Pick<TenantNetworkPlan, "netId" | "bridgeName">): NftDispatch[] {
   const names = tenantChainNames(plan.netId);
   const key = plan.bridgeName;
   return [
@@ -151,9 +151,12 @@ export function ensureTenantInetScript(plan: TenantNetworkPlan): string {
   ]);
 }
 
-/** One transaction that removes the tenant's chains and entries, whether or not they exist. Idempotent. */
-export function removeTenantInetScript(plan: TenantNetworkPlan): string {
-  const chains = tenantInetChains(plan);
+/**
+ * One transaction that removes the tenant's chains and entries, whether or not they exist. Idempotent. Needs only
+ * the names, so that what a deleted tenant left can be removed too.
+ */
+export function removeTenantInetScript(plan: Pick<TenantNetworkPlan, "netId" | "bridgeName">): string {
+  const chains = Object.values(tenantChainNames(plan.netId)).map((name) => ({ name }));
   const bridge = quoted(plan.bridgeName);
   return renderScript([
     ...inetSkeletonLines(),

@@ -5,7 +5,7 @@
 
 import type { NetworkCheck, Network, TapPlan, TenantNetworkPlan, TenantNetworkReport } from "../../core/data-plane-ports.js";
 import { failedPrecondition } from "../../core/errors.js";
-import { parseTapName } from "../../core/naming.js";
+import { bridgeName, parseBridgeName, parseTapName } from "../../core/naming.js";
 import { execaHostCommand, hostCommandError, runChecked, type HostCommandRunner } from "../exec/host-command.js";
 import { ensureTapGuardScript, removeTapGuardScript, tapGuardDispatch } from "./bridge-ruleset.js";
 import { ensureTenantInetScript, removeTenantInetScript, tenantInetDispatch } from "./inet-ruleset.js";
@@ -183,6 +183,27 @@ export function createLinuxNetwork(options: LinuxNetworkOptions): Network {
     if (await tableExists("inet")) await applyNft(removeTenantInetScript(plan), inetDispatchOf(plan));
   }
 
+  async function netIdsPresent(): Promise<number[]> {
+    await ready();
+    const ids = new Set<number>();
+    for (const link of await links()) {
+      const id = parseBridgeName(link.name) ?? parseTapName(link.name)?.netId ?? null;
+      if (id !== null) ids.add(id);
+    }
+    return [...ids].sort((a, b) => a - b);
+  }
+
+  async function removeNetIdLeftovers(netId: number): Promise<void> {
+    const bridge = bridgeName(netId);
+    await ready();
+    for (const link of await links()) {
+      if (parseTapName(link.name)?.netId === netId || (link.master === bridge && parseTapName(link.name) !== null)) await removeTapAndGuard(link.name);
+    }
+    await deleteLinkIfPresent(bridge);
+    const dispatch = tenantInetDispatch({ netId, bridgeName: bridge }).map((entry) => ({ family: "inet" as const, entry }));
+    if (await tableExists("inet")) await applyNft(removeTenantInetScript({ netId, bridgeName: bridge }), dispatch);
+  }
+
   async function ensureTap(plan: TenantNetworkPlan, tap: TapPlan): Promise<void> {
     checkTapPlan(plan, tap);
     await ready();
@@ -324,5 +345,5 @@ export function createLinuxNetwork(options: LinuxNetworkOptions): Network {
     return report(checks, checks.every((c) => c.ok));
   }
 
-  return { netns, ensureTenant, removeTenant, ensureTap, removeTap, ensureInstanceNetwork, tapCounters, verify };
+  return { netns, ensureTenant, removeTenant, ensureTap, removeTap, ensureInstanceNetwork, tapCounters, verify, netIdsPresent, removeNetIdLeftovers };
 }

@@ -355,6 +355,26 @@ describe.skipIf(skipReason !== null)("linux network adapter in a test namespace"
     expect((await network.verify(A, [a1.tap, a2.tap], false)).ok).toBe(true);
   });
 
+  it("lists the net IDs of mvm's bridges and TAPs, and removes what a tenant with one of them left, by its net ID alone", async () => {
+    const E = tenant(5);
+    const e1: TapPlan = { name: tapName(5, 2), mac: macAddress(5, 2), guestIp: "10.201.5.2" };
+    await network.ensureInstanceNetwork(E, e1);
+    expect(await network.netIdsPresent()).toEqual(expect.arrayContaining([1, 5]));
+    expect(await nftIn(["list", "table", "inet", "mvm"])).toContain("tenant_5_");
+
+    await network.removeNetIdLeftovers(5);
+    await network.removeNetIdLeftovers(5);
+    expect(await network.netIdsPresent()).not.toContain(5);
+    const names = (JSON.parse(await must("ip", ["-n", dataPlaneNs, "-j", "link", "show"])) as { ifname: string }[]).map((l) => l.ifname);
+    expect(names).not.toContain(E.bridgeName);
+    expect(names).not.toContain(e1.name);
+    const inet = await nftIn(["list", "table", "inet", "mvm"]);
+    expect(inet).not.toContain("tenant_5_");
+    expect(inet).not.toContain(E.bridgeName);
+    expect(await nftIn(["list", "table", "bridge", "mvm"])).not.toContain(`tap_${e1.name}`);
+    expect((await network.verify(A, [a1.tap, a2.tap], false)).ok).toBe(true);
+  });
+
   it("removes a tenant completely and leaves the other tenant working", async () => {
     await network.removeTenant(B);
     await network.removeTenant(B);

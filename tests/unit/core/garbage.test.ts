@@ -1,5 +1,6 @@
 import { beforeEach, describe, expect, it } from "vitest";
 import { isMvmError } from "../../../src/core/errors.js";
+import { bridgeName, tapName } from "../../../src/core/naming.js";
 import type { Instance } from "../../../src/core/model.js";
 import type { AuditEntry, AuditLog, AuditRecord } from "../../../src/core/observability-ports.js";
 import { collectGarbage, type GarbageDeps } from "../../../src/core/use-cases/garbage.js";
@@ -187,6 +188,22 @@ describe("collectGarbage", () => {
     expect(collected(report)).toEqual([`tap ${foreign.net.tapName}`]);
     expect(plane.processes.has(foreign.vmm!.pid)).toBe(true);
     expect(plane.cgroups.has("gone/web/i-0000abcd")).toBe(true);
+  });
+
+  it("removes the bridge and TAPs of a net ID no tenant holds (a deletion that died half way), audited in the node's log", async () => {
+    await running();
+    plane.bridges.add(bridgeName(4000));
+    plane.taps.set(tapName(4000, 7), { name: tapName(4000, 7), mac: "02:00:00:00:00:07", guestIp: "10.1.2.7" });
+
+    const dry = await collectGarbage(deps, { apply: false });
+    expect(collected(dry)).toEqual([`bridge ${bridgeName(4000)}`]);
+    const report = await collectGarbage(deps, { apply: true });
+    expect(report.items.map((i) => [i.kind, i.removed, i.owner])).toEqual([["bridge", true, { tenantId: "" }]]);
+    expect(plane.bridges.has(bridgeName(4000))).toBe(false);
+    expect(plane.taps.has(tapName(4000, 7))).toBe(false);
+    // The tenant's own bridge stays.
+    expect(plane.bridges.size).toBe(1);
+    expect(audit.filter((a) => a.action === "garbage_collect").map((a) => [a.tenantId, a.target, a.details.kind])).toEqual([["", bridgeName(4000), "bridge"]]);
   });
 
   it("reports a removal that fails with its reason and goes on with the others", async () => {
