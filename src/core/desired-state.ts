@@ -45,6 +45,7 @@ import {
   resourcesViolations,
   sleepPolicyViolations,
   toSnakeCase,
+  userDataViolations,
 } from "./validation.js";
 
 export const DESIRED_STATE_SCHEMA_VERSION = 1;
@@ -58,6 +59,8 @@ export interface DesiredPool {
   seccompPolicy: SeccompPolicy;
   snapshotCompression: Compression;
   metadataEnabled: boolean;
+  /** "" for none. */
+  userData: string;
   sleepPolicy: SleepPolicy;
   pinned: boolean;
   critical: boolean;
@@ -125,6 +128,7 @@ const POOL_FIELDS = [
   "sleep_policy",
   "pinned",
   "critical",
+  "user_data",
 ] as const;
 const RESOURCE_FIELDS = ["vcpus", "mem_mib", "data_disk_mib"] as const;
 const COUNT_FIELDS = ["running", "warm", "sleeping"] as const;
@@ -220,6 +224,13 @@ function enumInput<T extends string>(
   }
   violations.push(...enumViolations(value, allowed, field));
   return fallback;
+}
+
+function userDataInput(value: unknown, field: string, violations: FieldViolation[]): string {
+  if (value === undefined) return "";
+  const found = userDataViolations(value, field);
+  violations.push(...found);
+  return found.length === 0 ? (value as string) : "";
 }
 
 function booleanInput(value: unknown, fallback: boolean, field: string, violations: FieldViolation[]): boolean {
@@ -471,6 +482,7 @@ function parsePool(
     sleepPolicy: parseSleepPolicy(fields.get("sleep_policy"), `${path}.sleep_policy`, violations),
     pinned: booleanInput(fields.get("pinned"), false, `${path}.pinned`, violations),
     critical: booleanInput(fields.get("critical"), false, `${path}.critical`, violations),
+    userData: userDataInput(fields.get("user_data"), `${path}.user_data`, violations),
   };
   const draft: PoolDraft = { pool, path };
   if (idOk) draft.poolId = poolId as string;

@@ -114,6 +114,8 @@ export interface WorkerPool {
   seccompPolicy: SeccompPolicy;
   snapshotCompression: Compression;
   metadataEnabled: boolean;
+  /** Served at GET /v1/user-data on the metadata endpoint; absent when the pool has none. */
+  userData?: string;
   sleepPolicy: SleepPolicy;
   pinned: boolean;
   critical: boolean;

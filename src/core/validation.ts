@@ -104,6 +104,20 @@ export function desiredCountsViolations(
   return COUNT_FIELDS.flatMap((name) => integerViolations(c[name], 0, UINT32_MAX, `${path}.${name}`));
 }
 
+export const MAX_USER_DATA_BYTES = 65_536;
+
+/** A pool's user data: text, at most MAX_USER_DATA_BYTES of UTF-8. */
+export function userDataViolations(value: unknown, field: string): FieldViolation[] {
+  if (typeof value !== "string") return [{ field, rule: "must be text" }];
+  // Counted as UTF-8 without node:buffer: each code point's encoded length.
+  let bytes = 0;
+  for (const ch of value) {
+    const cp = ch.codePointAt(0)!;
+    bytes += cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+  }
+  return bytes > MAX_USER_DATA_BYTES ? [{ field, rule: `must be at most ${MAX_USER_DATA_BYTES} bytes of UTF-8 (is ${bytes})` }] : [];
+}
+
 export function sleepPolicyViolations(p: Partial<Record<keyof SleepPolicy, unknown>>, path: string): FieldViolation[] {
   if (!isPlainObject(p)) return [{ field: path, rule: "must be an object" }];
   const { idleS, cpuIdlePct, netIdleBytes } = SLEEP_POLICY_LIMITS;

@@ -98,6 +98,7 @@ export function poolSpecToProto(pool: WorkerPool): ProtoPoolSpec {
     sleepPolicy: sleepPolicyToProto(pool.sleepPolicy),
     pinned: pool.pinned,
     critical: pool.critical,
+    userData: pool.userData ?? "",
   });
 }
 
@@ -140,6 +141,7 @@ export function poolFromProto(p: ProtoWorkerPool): WorkerPool {
     seccompPolicy: seccompPolicyFromProto(spec.seccompPolicy, "spec.seccomp_policy", violations) ?? "default",
     snapshotCompression: compressionFromProto(spec.snapshotCompression, "spec.snapshot_compression", violations) ?? "none",
     metadataEnabled: spec.metadataEnabled ?? true,
+    ...(spec.userData !== "" ? { userData: spec.userData } : {}),
     sleepPolicy: { ...DEFAULT_SLEEP_POLICY, ...sleepPolicyPatchFromProto(spec.sleepPolicy) },
     pinned: spec.pinned,
     critical: spec.critical,
@@ -174,6 +176,7 @@ export function poolSpecInputFromProto(spec: ProtoPoolSpec | undefined, prefix: 
   if (spec.sleepPolicy) out.sleepPolicy = sleepPolicyPatchFromProto(spec.sleepPolicy);
   out.pinned = spec.pinned;
   out.critical = spec.critical;
+  if (spec.userData !== "") out.userData = spec.userData;
   return out;
 }
 
@@ -189,6 +192,7 @@ const POOL_MASK_LEAVES: Readonly<Record<string, readonly string[]>> = {
   sleep_policy: ["warm_after_idle_s", "sleep_after_idle_s", "cpu_idle_pct", "net_idle_bytes"],
   pinned: [],
   critical: [],
+  user_data: [],
 };
 
 function snakeCase(path: string): string {
@@ -268,6 +272,9 @@ export function poolSpecPatchFromMask(
       case "critical":
         out.critical = s.critical;
         break;
+      case "user_data":
+        out.userData = s.userData;
+        break;
     }
   });
   return out;
@@ -315,6 +322,10 @@ export function poolSpecInputToProto(input: PoolSpecInput): { spec: ProtoPoolSpe
   if (input.pinned !== undefined) {
     spec.pinned = input.pinned;
     paths.push("pinned");
+  }
+  if (input.userData !== undefined) {
+    spec.userData = input.userData;
+    paths.push("user_data");
   }
   if (input.critical !== undefined) {
     spec.critical = input.critical;

@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import type { Argv } from "yargs";
 import { invalid } from "../../core/errors.js";
 import { parsePoolPath } from "../../core/ids.js";
@@ -52,6 +53,7 @@ function specFlags<T>(y: Argv<T>) {
     .option("seccomp", { type: "string", describe: "Firecracker seccomp policy: default or strict" })
     .option("compression", { type: "string", describe: "snapshot compression: none (default), lz4 or zstd" })
     .option("metadata", { type: "boolean", describe: "serve the metadata endpoint to guests (default true)" })
+    .option("user-data-file", { type: "string", describe: "text served to guests at GET /v1/user-data on the metadata endpoint (an empty file removes it)" })
     .option("pinned", { type: "boolean", describe: "the idle policy never touches this pool" })
     .option("critical", { type: "boolean", describe: "never stopped to scale down, never idled" })
     .option("warm-after-idle-s", { type: "number", describe: "idle seconds before warming (default 300)" })
@@ -101,6 +103,14 @@ function countsFromArgs(args: Args): Partial<DesiredCounts> | undefined {
   ]);
 }
 
+function readUserData(path: string): string {
+  try {
+    return readFileSync(path, "utf8");
+  } catch (e) {
+    throw invalid([{ field: "--user-data-file", rule: `must be a readable file (${(e as Error).message})` }]);
+  }
+}
+
 function specFromArgs(args: Args, current?: WorkerPool): PoolSpecInput {
   const spec: PoolSpecInput = {};
   const image = imageFromArgs(args, current?.image);
@@ -124,6 +134,7 @@ function specFromArgs(args: Args, current?: WorkerPool): PoolSpecInput {
   if (args.seccomp !== undefined) spec.seccompPolicy = args.seccomp as SeccompPolicy;
   if (args.compression !== undefined) spec.snapshotCompression = args.compression as Compression;
   if (args.metadata !== undefined) spec.metadataEnabled = args.metadata as boolean;
+  if (args["user-data-file"] !== undefined) spec.userData = readUserData(args["user-data-file"] as string);
   if (args.pinned !== undefined) spec.pinned = args.pinned as boolean;
   if (args.critical !== undefined) spec.critical = args.critical as boolean;
   return spec;

@@ -68,10 +68,13 @@ const POOL_SPEC_FIELDS = [
   "sleepPolicy",
   "pinned",
   "critical",
+  "userData",
 ] as const;
 
 export function changedPoolFields(pool: WorkerPool, desired: DesiredPool): string[] {
-  return POOL_SPEC_FIELDS.filter((f) => !sameValue(pool[f], desired[f]));
+  // A pool record without user data has none: the document's "".
+  const observed = { ...pool, userData: pool.userData ?? "" };
+  return POOL_SPEC_FIELDS.filter((f) => !sameValue(observed[f], desired[f]));
 }
 
 function snake(name: string): string {
@@ -118,6 +121,7 @@ function simulatedPool(tenantId: string, desired: DesiredPool): WorkerPool {
     seccompPolicy: desired.seccompPolicy,
     snapshotCompression: desired.snapshotCompression,
     metadataEnabled: desired.metadataEnabled,
+    ...(desired.userData !== "" ? { userData: desired.userData } : {}),
     sleepPolicy: desired.sleepPolicy,
     pinned: desired.pinned,
     critical: desired.critical,

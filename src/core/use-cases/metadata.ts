@@ -45,7 +45,7 @@ export interface MetadataRequest {
 
 export interface MetadataAnswer {
   status: number;
-  contentType: "application/json" | "application/x-pem-file";
+  contentType: "application/json" | "application/x-pem-file" | "text/plain; charset=utf-8";
   body: string;
   /** The instance that asked, when one did ("tenant/pool/instance"). */
   caller: string | null;
@@ -80,7 +80,7 @@ async function callerOf(deps: MetadataDeps, localAddress: string, remoteAddress:
 
 export async function answerMetadata(deps: MetadataDeps, request: MetadataRequest, nodeId: string): Promise<MetadataAnswer> {
   const path = request.path.split("?")[0];
-  const known = ["/v1/identity", "/v1/token", "/v1/token-key"];
+  const known = ["/v1/identity", "/v1/token", "/v1/token-key", "/v1/user-data"];
   if (!known.includes(path ?? "")) return json(404, { error: `no such path; try ${known.join(", ")}` }, null);
   if (request.method !== "GET") return json(405, { error: `${request.method} is not allowed; use GET` }, null);
   const found = await callerOf(deps, request.localAddress, request.remoteAddress);
@@ -88,6 +88,10 @@ export async function answerMetadata(deps: MetadataDeps, request: MetadataReques
   const { tenant, pool, instance } = found;
   const caller = `${tenant.tenantId}/${pool.poolId}/${instance.instanceId}`;
   if (path === "/v1/token-key") return { status: 200, contentType: "application/x-pem-file", body: deps.signer.publicKeyPem(), caller };
+  if (path === "/v1/user-data") {
+    if (!pool.userData) return json(404, { error: `pool ${tenant.tenantId}/${pool.poolId} has no user data` }, caller);
+    return { status: 200, contentType: "text/plain; charset=utf-8", body: pool.userData, caller };
+  }
   const identity = {
     tenant_id: tenant.tenantId,
     pool_id: pool.poolId,

@@ -24,6 +24,7 @@ import {
   imageSourceViolations,
   resourcesViolations,
   sleepPolicyViolations,
+  userDataViolations,
 } from "../validation.js";
 import { audited } from "./audit-trail.js";
 import { timestamp, type RecordDeps } from "./deps.js";
@@ -37,6 +38,8 @@ export interface PoolSpecInput {
   seccompPolicy?: SeccompPolicy;
   snapshotCompression?: Compression;
   metadataEnabled?: boolean;
+  /** "" removes it. */
+  userData?: string;
   sleepPolicy?: Partial<SleepPolicy>;
   pinned?: boolean;
   critical?: boolean;
@@ -65,6 +68,7 @@ function specViolations(spec: PoolSpecInput): FieldViolation[] {
       ? []
       : enumViolations(spec.snapshotCompression, COMPRESSIONS, "snapshot_compression")),
     ...(spec.sleepPolicy === undefined ? [] : sleepPolicyViolations(spec.sleepPolicy, "sleep_policy")),
+    ...(spec.userData === undefined ? [] : userDataViolations(spec.userData, "user_data")),
   ];
 }
 
@@ -83,6 +87,9 @@ function applySpec(pool: WorkerPool, spec: PoolSpecInput): WorkerPool {
     pinned: spec.pinned ?? pool.pinned,
     critical: spec.critical ?? pool.critical,
   };
+  const userData = spec.userData ?? pool.userData ?? "";
+  if (userData === "") delete merged.userData;
+  else merged.userData = userData;
   const violations = [
     ...resourcesViolations(merged.resources, "resources"),
     ...sleepPolicyViolations(merged.sleepPolicy, "sleep_policy"),

@@ -108,6 +108,7 @@ function specOf(pool: DesiredPool): PoolSpecInput {
     seccompPolicy: pool.seccompPolicy,
     snapshotCompression: pool.snapshotCompression,
     metadataEnabled: pool.metadataEnabled,
+    userData: pool.userData,
     sleepPolicy: pool.sleepPolicy,
     pinned: pool.pinned,
     critical: pool.critical,

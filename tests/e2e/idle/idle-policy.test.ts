@@ -5,7 +5,7 @@
 
 import { verify } from "node:crypto";
 import { execFileSync, spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { okJson } from "../../helpers/e2e-checks.js";
@@ -222,7 +222,7 @@ describe.skipIf(skipReason !== null)("idle policy on real microVMs", () => {
     expect(sample(text, "mvm_wake_hook_retries_total", { pool: "fixed", result: "answered" })).toBe(1);
   }, 240_000);
 
-  it("serves the metadata endpoint: the guest learns who it is and gets a token the node's key verifies; the start collected leftovers", () => {
+  it("serves the metadata endpoint: identity, a token the node's key verifies, the pool's user data; the start collected leftovers", () => {
     const [, , pinnedId] = paths.pinned.split("/");
     const fetch = (path: string) => mvm("instance", "exec", paths.pinned, "--", "busybox", "wget", "-qO-", `http://10.212.7.1:8169${path}`);
     const identity = fetch("/v1/identity");
@@ -234,6 +234,13 @@ describe.skipIf(skipReason !== null)("idle policy on real microVMs", () => {
     expect(JSON.parse(Buffer.from(payload, "base64url").toString()).sub).toBe(paths.pinned);
     const publicKey = readFileSync(join(data.path, "metadata", "token-signing-key.pub.pem"), "utf8");
     expect(verify(null, Buffer.from(`${header}.${payload}`), publicKey, Buffer.from(signature, "base64url"))).toBe(true);
+    expect(fetch("/v1/user-data").code).not.toBe(0);
+    const userData = join(data.path, "user-data.txt");
+    writeFileSync(userData, "#cloud-config\nrole: e2e\n");
+    ok(mvm("pool", "update", `${TENANT}/fixed`, "--user-data-file", userData, "-o", "json"));
+    const served = fetch("/v1/user-data");
+    expect(served.code, served.stderr).toBe(0);
+    expect(served.stdout).toBe("#cloud-config\nrole: e2e\n");
     expect(agentOutput).toContain("metadata endpoint serving");
     expect(agentOutput).toContain("leftover collection done");
   }, 60_000);

@@ -141,9 +141,15 @@ describe("pool", () => {
       image: { kind: "nix", flakeRef: "github:org/repo", profile: "python" },
       sleepPolicy: { warmAfterIdleS: 0, sleepAfterIdleS: 60, cpuIdlePct: 2.5, netIdleBytes: 10 },
       metadataEnabled: false,
+      userData: "#cloud-config\n",
       critical: true,
     };
     expect(poolFromProto(wire(WorkerPoolSchema, poolToProto(pool, { running: 1, warm: 2, sleeping: 3 })))).toEqual(pool);
+    // user_data through an update mask, "" to remove it.
+    const masked: FieldViolation[] = [];
+    expect(poolSpecPatchFromMask(poolToProto(pool).spec, ["user_data"], masked)).toEqual({ userData: "#cloud-config\n" });
+    expect(poolSpecPatchFromMask(poolToProto(poolRecord("acme", "ci")).spec, ["user_data"], masked)).toEqual({ userData: "" });
+    expect(masked).toEqual([]);
     const debian: WorkerPool = { ...poolRecord("acme", "d"), image: { kind: "debian", suite: "trixie", packages: ["a", "b"], extraFiles: { "/etc/x": "y" } } };
     expect(poolFromProto(wire(WorkerPoolSchema, poolToProto(debian)))).toEqual(debian);
   });

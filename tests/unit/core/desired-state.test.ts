@@ -71,6 +71,7 @@ describe("parseDesiredState: a valid document", () => {
               sleepPolicy: { ...DEFAULT_SLEEP_POLICY },
               pinned: false,
               critical: false,
+              userData: "",
             },
           ],
         },

@@ -89,6 +89,19 @@ describe("metadata endpoint", () => {
     expect(signed).toEqual([]);
   });
 
+  it("serves the pool's user data as text, and 404 for a pool that has none", async () => {
+    const none = await ask("/v1/user-data", web.net.guestIp);
+    expect([none.status, JSON.parse(none.body).error]).toEqual([404, "pool acme/web has no user data"]);
+    await updatePool(deps, { tenantId: "acme", poolId: "web" }, { userData: "#cloud-config\nhostname: é\n" });
+    const some = await ask("/v1/user-data", web.net.guestIp);
+    expect([some.status, some.contentType, some.body]).toEqual([200, "text/plain; charset=utf-8", "#cloud-config\nhostname: é\n"]);
+    await updatePool(deps, { tenantId: "acme", poolId: "web" }, { userData: "" });
+    expect((await deps.store.getPool("acme", "web"))!.userData).toBeUndefined();
+    expect((await ask("/v1/user-data", web.net.guestIp)).status).toBe(404);
+    const tooBig = await updatePool(deps, { tenantId: "acme", poolId: "web" }, { userData: "é".repeat(32_769) }).catch((e: Error) => e);
+    expect((tooBig as Error).message).toMatch(/user_data: must be at most 65536 bytes of UTF-8 \(is 65538\)/);
+  });
+
   it("refuses unknown paths and methods other than GET", async () => {
     expect((await ask("/v2/identity", web.net.guestIp)).status).toBe(404);
     expect((await ask("/v1/identity", web.net.guestIp, "10.213.1.1", "POST")).status).toBe(405);
