@@ -109,12 +109,7 @@ export const MAX_USER_DATA_BYTES = 65_536;
 /** A pool's user data: text, at most MAX_USER_DATA_BYTES of UTF-8. */
 export function userDataViolations(value: unknown, field: string): FieldViolation[] {
   if (typeof value !== "string") return [{ field, rule: "must be text" }];
-  // Counted as UTF-8 without node:buffer: each code point's encoded length.
-  let bytes = 0;
-  for (const ch of value) {
-    const cp = ch.codePointAt(0)!;
-    bytes += cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
-  }
+  const bytes = new TextEncoder().encode(value).byteLength;
   return bytes > MAX_USER_DATA_BYTES ? [{ field, rule: `must be at most ${MAX_USER_DATA_BYTES} bytes of UTF-8 (is ${bytes})` }] : [];
 }
 
